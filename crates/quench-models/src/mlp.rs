@@ -1,0 +1,71 @@
+//! Multi-layer perceptron with configurable hidden sizes; layers are named `fc1..fcN`.
+
+use burn::nn::{Linear, LinearConfig, Relu};
+use burn::prelude::*;
+
+use crate::names::{LayerInfo, LayerKind};
+
+/// Shape of an MLP: `input → hidden[0] → … → classes`, ReLU between layers.
+#[derive(Config, Debug)]
+pub struct MlpConfig {
+    /// Input features (784 for 28×28 images).
+    pub input: usize,
+    /// Hidden layer widths, in order (e.g. `[512, 512]`).
+    pub hidden: Vec<usize>,
+    /// Output classes.
+    pub classes: usize,
+}
+
+/// The MLP. `layers[i]` is the layer recipes call `fc{i+1}`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// The fully connected layers, first to last.
+    pub layers: Vec<Linear>,
+    activation: Relu,
+}
+
+impl MlpConfig {
+    /// Builds the MLP on `device` with burn's default (Kaiming-uniform) initialisation.
+    pub fn init(&self, device: &Device) -> Mlp {
+        let mut dims = vec![self.input];
+        dims.extend(&self.hidden);
+        dims.push(self.classes);
+        let layers = dims
+            .windows(2)
+            .map(|w| LinearConfig::new(w[0], w[1]).init(device))
+            .collect();
+        Mlp {
+            layers,
+            activation: Relu::new(),
+        }
+    }
+}
+
+impl Mlp {
+    /// Logits `[batch, classes]` from flattened inputs `[batch, input]`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let last = self.layers.len() - 1;
+        let mut x = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x);
+            if i != last {
+                x = self.activation.forward(x);
+            }
+        }
+        x
+    }
+
+    /// The named weight layers (`fc1` is `layers.0`, …).
+    pub fn layer_infos(&self) -> Vec<LayerInfo> {
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| LayerInfo {
+                name: format!("fc{}", i + 1),
+                path: format!("layers.{i}"),
+                kind: LayerKind::Linear,
+                weight_shape: l.weight.val().dims().to_vec(),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,525 @@
+//! The training loop: recipe → data → model → (batch → forward → loss → backward → step)* →
+//! eval / log / checkpoint each epoch → `summary.json`.
+//!
+//! Why our own loop rather than burn-train's `Learner`: quench needs per-step work from later
+//! techniques (masks re-applied after every optimizer step, observers frozen at a step, pruning
+//! schedules), a global step shared with TensorBoard, and checkpoints that hold the recipe, the
+//! history and the optimizer and scheduler state in one atomic file so that a resumed run is
+//! bit-identical to an uninterrupted one. It reuses burn's optimizers, LR schedulers, gradient
+//! clipping, losses and records.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::lr_scheduler::LrSchedulerRecord;
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{GradientsParams, OptimizerRecord};
+use burn::store::ModuleRecord;
+use burn::tensor::{Bytes, Device, Int, Tensor};
+use quench_data::{ImageSet, Split, epoch_order, locate_dataset};
+use quench_models::Classifier;
+use serde::Serialize;
+
+use crate::TrainError;
+use crate::checkpoint::{self, Checkpoint, CheckpointMeta, EpochRecord};
+use crate::device::resolve_device;
+use crate::logger::Logger;
+use crate::optim::{build_optimizer, build_scheduler};
+use crate::params::float_params;
+use crate::progress::{Progress, ProgressMode};
+use crate::recipe::Experiment;
+use crate::tensorboard::TensorBoardSink;
+
+/// Optimizer steps at the start of a process excluded from the steady-state throughput.
+const WARMUP_STEPS: usize = 10;
+
+/// How to run a recipe.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Output directory (checkpoints, `tb/`, `summary.json`).
+    pub out_dir: PathBuf,
+    /// Continue from the newest valid checkpoint in `out_dir`.
+    pub resume: bool,
+    /// Terminal output style.
+    pub progress: ProgressMode,
+}
+
+/// What `summary.json` holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Experiment name.
+    pub experiment: String,
+    /// Model description (`mlp 784-512-512-10`).
+    pub model: String,
+    /// Epochs trained in total (across resumes).
+    pub epochs_completed: usize,
+    /// Optimizer steps in total.
+    pub steps: u64,
+    /// Test-set accuracy of the final model (fraction).
+    pub test_accuracy: f64,
+    /// Test-set mean cross-entropy.
+    pub test_loss: f64,
+    /// Steady-state training samples/s in this process (warm-up steps and eval excluded).
+    pub train_samples_per_sec: f64,
+    /// Trainable parameters.
+    pub params: usize,
+    /// Bytes of the parameters as f32.
+    pub model_bytes_fp32: usize,
+    /// Directory of the TensorBoard event files.
+    pub tensorboard_dir: PathBuf,
+    /// The final checkpoint (accepted by `quench eval`).
+    pub checkpoint: PathBuf,
+    /// Device the run trained on.
+    pub device: String,
+    /// Seed.
+    pub seed: u64,
+    /// Wall time of this process's training, seconds.
+    pub wall_seconds: f64,
+    /// Whether this process resumed from a checkpoint (and from which epoch).
+    pub resumed_from_epoch: Option<usize>,
+    /// Per-epoch metrics.
+    pub history: Vec<EpochRecord>,
+}
+
+/// Training and test data for an image experiment.
+pub struct ImageData {
+    /// Training samples (after removing the validation split).
+    pub train: ImageSet,
+    /// Held-out validation split, when `data.val_fraction` > 0.
+    pub val: Option<ImageSet>,
+    /// The test set.
+    pub test: ImageSet,
+}
+
+/// Loads the data a recipe names.
+pub fn load_image_data(exp: &Experiment) -> Result<ImageData, TrainError> {
+    let explicit = (!exp.data.path.is_empty()).then(|| Path::new(&exp.data.path));
+    let dir = locate_dataset(exp.data.dataset.name(), explicit)?;
+    let train = ImageSet::load_split(&dir, Split::Train)?;
+    let test = ImageSet::load_split(&dir, Split::Test)?;
+    let (train, val) = if exp.data.val_fraction > 0.0 {
+        let (t, v) = train.split_validation(exp.data.val_fraction, exp.seed);
+        (t, Some(v))
+    } else {
+        (train, None)
+    };
+    Ok(ImageData { train, val, test })
+}
+
+/// Mean cross-entropy and accuracy of `model` over `set` (inference only, no autodiff).
+pub fn evaluate(
+    model: &Classifier,
+    set: &ImageSet,
+    batch_size: usize,
+    device: &Device,
+) -> (f64, f64) {
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let order: Vec<usize> = (0..set.len()).collect();
+    let mut loss_sum = 0.0f64;
+    let mut correct = 0i64;
+    for idx in order.chunks(batch_size.max(1)) {
+        let batch = set.batch(idx, device);
+        let logits = model.forward(batch.images);
+        let loss = loss_fn.forward(logits.clone(), batch.labels.clone());
+        loss_sum += loss.into_scalar::<f32>() as f64 * idx.len() as f64;
+        correct += count_correct(logits, batch.labels).into_scalar::<i64>();
+    }
+    let n = set.len().max(1) as f64;
+    (loss_sum / n, correct as f64 / n)
+}
+
+fn count_correct(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1, Int> {
+    let [b] = labels.dims();
+    logits.argmax(1).equal(labels.reshape([b, 1])).int().sum()
+}
+
+/// Builds the classifier on `device` and loads the model section of `ckpt` into it.
+pub fn model_from_checkpoint(
+    exp: &Experiment,
+    ckpt: &Checkpoint,
+    ckpt_path: &Path,
+    device: &Device,
+) -> Result<Classifier, TrainError> {
+    let model = exp.model.init(28 * 28, 10, device);
+    let bytes = ckpt.section("model").ok_or_else(|| {
+        TrainError::Checkpoint(checkpoint::CheckpointError::Corrupt {
+            path: ckpt_path.to_path_buf(),
+            detail: "no model section".into(),
+        })
+    })?;
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
+        .map_err(|e| TrainError::Record(format!("{}: model record: {e:?}", ckpt_path.display())))?;
+    model.try_load_record(record).map_err(|e| {
+        TrainError::Record(format!(
+            "{}: model does not match the recipe: {e:?}",
+            ckpt_path.display()
+        ))
+    })
+}
+
+/// Prepares `out`: refuses a directory that holds a different experiment, or a finished run of
+/// this one without `--resume`; creates `checkpoints/` and `tb/`; records the recipe.
+fn prepare_out_dir(exp: &Experiment, out: &Path, resume: bool) -> Result<(), TrainError> {
+    let recorded = out.join("run.toml");
+    if recorded.exists() {
+        let text = fs::read_to_string(&recorded).map_err(|source| TrainError::Io {
+            path: recorded.clone(),
+            source,
+        })?;
+        let other = Experiment::from_toml_str(&text, &recorded, &[])?;
+        if !other.same_run_as(exp) {
+            return Err(TrainError::OutDir(format!(
+                "{} already holds experiment `{}` with a different recipe; nothing was overwritten — \
+                 choose another --out",
+                out.display(),
+                other.name
+            )));
+        }
+        let has_ckpt = !checkpoint::list_checkpoints(&out.join("checkpoints"))?.is_empty();
+        if has_ckpt && !resume {
+            return Err(TrainError::OutDir(format!(
+                "{} already holds a run of `{}`; pass --resume to continue it or choose another --out",
+                out.display(),
+                exp.name
+            )));
+        }
+    } else if out.exists()
+        && out
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    {
+        return Err(TrainError::OutDir(format!(
+            "{} is not empty and is not a quench run directory; nothing was overwritten — \
+             choose another --out",
+            out.display()
+        )));
+    }
+    for d in [out.to_path_buf(), out.join("checkpoints"), out.join("tb")] {
+        fs::create_dir_all(&d).map_err(|source| TrainError::Io {
+            path: d.clone(),
+            source,
+        })?;
+    }
+    // Fail before training when the directory cannot take files (read-only, full disk).
+    checkpoint::write_atomic(&recorded, exp.to_toml().as_bytes())?;
+    Ok(())
+}
+
+/// Runs a recipe end to end and writes `summary.json`.
+pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
+    let wall = Instant::now();
+    let out = &opts.out_dir;
+    let ckpt_dir = out.join("checkpoints");
+    let tb_dir = out.join("tb");
+    let device = resolve_device(&exp.device)?;
+    // Load data before touching the output directory: a missing data set leaves nothing behind.
+    let data = load_image_data(exp)?;
+    prepare_out_dir(exp, out, opts.resume)?;
+
+    device.seed(exp.seed);
+    let train_device = device.clone().autodiff();
+    let mut model = exp.model.init(28 * 28, 10, &train_device);
+    let t = &exp.train;
+    let batches_per_epoch = if t.drop_last {
+        data.train.len() / t.batch_size
+    } else {
+        data.train.len().div_ceil(t.batch_size)
+    };
+    if batches_per_epoch == 0 {
+        return Err(TrainError::Config(format!(
+            "train.batch_size = {} is larger than the {} training samples with drop_last",
+            t.batch_size,
+            data.train.len()
+        )));
+    }
+    let total_steps = batches_per_epoch * t.epochs;
+    let mut optim = build_optimizer(t);
+    let mut scheduler = build_scheduler(t, total_steps)?;
+
+    let mut progress = Progress::new(opts.progress);
+    let mut start_epoch = 0usize;
+    let mut global_step = 0u64;
+    let mut history: Vec<EpochRecord> = Vec::new();
+    let mut resumed_from = None;
+    if opts.resume {
+        let mut skipped = Vec::new();
+        match checkpoint::latest_valid(&ckpt_dir, &mut skipped) {
+            Ok((path, ckpt)) => {
+                for (p, why) in &skipped {
+                    progress.line(&format!(
+                        "warning: skipping damaged checkpoint {}: {why}",
+                        p.display()
+                    ));
+                }
+                let saved = Experiment::from_toml_str(&ckpt.meta.experiment_toml, &path, &[])?;
+                if !saved.same_run_as(exp) {
+                    return Err(TrainError::OutDir(format!(
+                        "checkpoint {} was made by a different recipe (`{}`); refusing to resume",
+                        path.display(),
+                        saved.name
+                    )));
+                }
+                model = model_from_checkpoint(exp, &ckpt, &path, &train_device)?;
+                let section = |name: &str| {
+                    ckpt.section(name)
+                        .map(|b| Bytes::from_bytes_vec(b.to_vec()))
+                        .ok_or_else(|| {
+                            TrainError::Record(format!(
+                                "{}: missing `{name}` section",
+                                path.display()
+                            ))
+                        })
+                };
+                let orec = OptimizerRecord::from_bytes(section("optimizer")?).map_err(|e| {
+                    TrainError::Record(format!("{}: optimizer: {e:?}", path.display()))
+                })?;
+                optim = optim.load_record(orec);
+                let srec = LrSchedulerRecord::from_bytes(section("scheduler")?).map_err(|e| {
+                    TrainError::Record(format!("{}: scheduler: {e:?}", path.display()))
+                })?;
+                scheduler = scheduler.load_record(srec);
+                start_epoch = ckpt.meta.epoch;
+                global_step = ckpt.meta.global_step;
+                history = ckpt.meta.history.clone();
+                resumed_from = Some(start_epoch);
+                progress.line(&format!(
+                    "resuming `{}` from {} (epoch {start_epoch}, step {global_step})",
+                    exp.name,
+                    path.display()
+                ));
+            }
+            Err(checkpoint::CheckpointError::NoneFound { .. }) => {
+                progress.line("no checkpoint to resume from; starting from the beginning");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let mut logger = Logger::new().with_sink(Box::new(TensorBoardSink::new(&tb_dir).map_err(
+        |source| TrainError::Io {
+            path: tb_dir.clone(),
+            source,
+        },
+    )?));
+    let log_io = |source| TrainError::Io {
+        path: tb_dir.clone(),
+        source,
+    };
+    let layer_names: Vec<(String, String)> = model
+        .layer_infos()
+        .into_iter()
+        .map(|l| (l.path, l.name))
+        .collect();
+    let loss_fn = CrossEntropyLossConfig::new().init(&train_device);
+    let eval_set = data.val.as_ref().unwrap_or(&data.test);
+    let eval_name = if data.val.is_some() { "val" } else { "test" };
+    let mut steady_time = 0.0f64;
+    let mut steady_samples = 0usize;
+    let mut steps_this_process = 0usize;
+    let mut last_ckpt = checkpoint::list_checkpoints(&ckpt_dir)?
+        .last()
+        .map(|(_, p)| p.clone());
+
+    for epoch in start_epoch..t.epochs {
+        let order = epoch_order(data.train.len(), exp.seed, epoch);
+        let epoch_start = Instant::now();
+        let mut epoch_train_time = 0.0f64;
+        let mut epoch_samples = 0usize;
+        let mut loss_sum = 0.0f64;
+        let mut correct_sum = 0i64;
+        let mut window_loss = 0.0f64;
+        let mut window_correct = 0i64;
+        let mut window_samples = 0usize;
+        let mut window_time = 0.0f64;
+        progress.start_epoch(epoch + 1, t.epochs, batches_per_epoch as u64);
+        for (bi, idx) in order.chunks(t.batch_size).enumerate() {
+            if bi >= batches_per_epoch {
+                break;
+            }
+            let step_start = Instant::now();
+            let lr = scheduler.step();
+            let lr_value = lr.base();
+            let batch = data.train.batch(idx, &train_device);
+            let logits = model.forward(batch.images);
+            let loss = loss_fn.forward(logits.clone(), batch.labels.clone());
+            let correct = count_correct(logits.detach(), batch.labels);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+            let loss_value = loss.into_scalar::<f32>() as f64;
+            let correct_value = correct.into_scalar::<i64>();
+            let dt = step_start.elapsed().as_secs_f64();
+            global_step += 1;
+            steps_this_process += 1;
+            if !loss_value.is_finite() {
+                return Err(TrainError::Diverged {
+                    step: global_step,
+                    detail: format!(
+                        "training loss is {loss_value} at epoch {}, batch {}",
+                        epoch + 1,
+                        bi + 1
+                    ),
+                });
+            }
+            if steps_this_process > WARMUP_STEPS {
+                steady_time += dt;
+                steady_samples += idx.len();
+            }
+            epoch_train_time += dt;
+            epoch_samples += idx.len();
+            loss_sum += loss_value * idx.len() as f64;
+            correct_sum += correct_value;
+            window_loss += loss_value * idx.len() as f64;
+            window_correct += correct_value;
+            window_samples += idx.len();
+            window_time += dt;
+            let last_batch = bi + 1 == batches_per_epoch;
+            if global_step.is_multiple_of(exp.log.every_steps as u64) || last_batch {
+                let n = window_samples.max(1) as f64;
+                let (l, a, sps) = (
+                    window_loss / n,
+                    window_correct as f64 / n,
+                    n / window_time.max(1e-9),
+                );
+                logger
+                    .scalar("train/loss", l, global_step)
+                    .map_err(log_io)?;
+                logger
+                    .scalar("train/accuracy", a, global_step)
+                    .map_err(log_io)?;
+                logger.scalar("lr", lr_value, global_step).map_err(log_io)?;
+                logger
+                    .scalar("throughput/samples_per_sec", sps, global_step)
+                    .map_err(log_io)?;
+                progress.step(bi as u64 + 1, global_step, l, a, sps);
+                window_loss = 0.0;
+                window_correct = 0;
+                window_samples = 0;
+                window_time = 0.0;
+            }
+        }
+        let valid_model = model.valid();
+        let (eval_loss, eval_acc) = evaluate(&valid_model, eval_set, 1000, &device);
+        logger
+            .scalar("eval/loss", eval_loss, global_step)
+            .map_err(log_io)?;
+        logger
+            .scalar("eval/accuracy", eval_acc, global_step)
+            .map_err(log_io)?;
+        if exp.log.histograms {
+            for p in float_params(&valid_model) {
+                let tag = match layer_names
+                    .iter()
+                    .find(|(path, _)| p.path.starts_with(&format!("{path}.")))
+                {
+                    Some((path, name)) => format!("params/{name}/{}", &p.path[path.len() + 1..]),
+                    None => format!("params/{}", p.path),
+                };
+                logger
+                    .histogram(&tag, &p.values, global_step)
+                    .map_err(log_io)?;
+            }
+        }
+        let n = epoch_samples.max(1) as f64;
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            step: global_step,
+            train_loss: loss_sum / n,
+            train_accuracy: correct_sum as f64 / n,
+            eval_loss,
+            eval_accuracy: eval_acc,
+            samples_per_sec: n / epoch_train_time.max(1e-9),
+        };
+        progress.end_epoch(&format!(
+            "epoch {}/{}: train loss {:.4} acc {:.4} | {eval_name} loss {:.4} acc {:.4} | {:.0} samples/s | {:.1}s",
+            epoch + 1,
+            t.epochs,
+            record.train_loss,
+            record.train_accuracy,
+            eval_loss,
+            eval_acc,
+            record.samples_per_sec,
+            epoch_start.elapsed().as_secs_f64()
+        ));
+        history.push(record);
+
+        let ckpt = Checkpoint {
+            meta: CheckpointMeta {
+                experiment_toml: exp.to_toml(),
+                epoch: epoch + 1,
+                global_step,
+                history: history.clone(),
+                quench_version: env!("CARGO_PKG_VERSION").to_string(),
+                sections: Vec::new(),
+            },
+            sections: vec![
+                (
+                    "model".into(),
+                    record_bytes(model.clone().into_record().into_bytes())?,
+                ),
+                ("optimizer".into(), record_bytes(optim.into_bytes())?),
+                (
+                    "scheduler".into(),
+                    record_bytes(scheduler.to_record().into_bytes())?,
+                ),
+            ],
+        };
+        let path = ckpt_dir.join(checkpoint::epoch_file_name(epoch + 1));
+        ckpt.write(&path)?;
+        checkpoint::prune_old(&ckpt_dir, exp.checkpoint.keep)?;
+        last_ckpt = Some(path);
+        logger.flush().map_err(log_io)?;
+    }
+
+    let final_model = model.valid();
+    let (test_loss, test_accuracy) = evaluate(&final_model, &data.test, 1000, &device);
+    let checkpoint = last_ckpt.ok_or_else(|| TrainError::Config("no epoch was trained".into()))?;
+    let params = final_model.num_params();
+    let summary = Summary {
+        experiment: exp.name.clone(),
+        model: exp.model.describe(28 * 28, 10),
+        epochs_completed: history.len(),
+        steps: global_step,
+        test_accuracy,
+        test_loss,
+        train_samples_per_sec: if steady_time > 0.0 {
+            steady_samples as f64 / steady_time
+        } else {
+            0.0
+        },
+        params,
+        model_bytes_fp32: params * 4,
+        tensorboard_dir: tb_dir.clone(),
+        checkpoint,
+        device: exp.device.clone(),
+        seed: exp.seed,
+        wall_seconds: wall.elapsed().as_secs_f64(),
+        resumed_from_epoch: resumed_from,
+        history,
+    };
+    logger
+        .scalar("test/accuracy", test_accuracy, global_step)
+        .map_err(log_io)?;
+    logger
+        .scalar("test/loss", test_loss, global_step)
+        .map_err(log_io)?;
+    logger.flush().map_err(log_io)?;
+    drop(logger);
+    let json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
+    checkpoint::write_atomic(&out.join("summary.json"), &json)?;
+    progress.line(&format!(
+        "done: test accuracy {:.4}, test loss {:.4}, {:.0} train samples/s; summary in {}",
+        test_accuracy,
+        test_loss,
+        summary.train_samples_per_sec,
+        out.join("summary.json").display()
+    ));
+    Ok(summary)
+}
+
+fn record_bytes(r: Result<Bytes, burn::store::RecordError>) -> Result<Vec<u8>, TrainError> {
+    r.map(|b| b.to_vec())
+        .map_err(|e| TrainError::Record(format!("serializing a record: {e:?}")))
+}

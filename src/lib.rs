@@ -1,0 +1,9 @@
+//! quench: train neural networks that come out small — the facade over the quench crates.
+//!
+//! - [`data`]: IDX (MNIST, Fashion-MNIST) and char-level text datasets, batches.
+//! - [`models`]: reference models with layers addressable by name (`fc1`, `conv2`).
+//! - [`train`]: recipes, the training loop, checkpoints, TensorBoard, summaries.
+
+pub use quench_data as data;
+pub use quench_models as models;
+pub use quench_train as train;

@@ -1,0 +1,139 @@
+//! The `quench` command line: parse, load the recipe, call the crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use quench::train::{Experiment, ProgressMode, RunOptions};
+
+/// Train neural networks that come out small.
+#[derive(Parser)]
+#[command(name = "quench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProgressArg {
+    Auto,
+    Bar,
+    Plain,
+    Quiet,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a recipe: `quench run experiments/quickstart.toml --out runs/quick`.
+    Run {
+        /// The recipe (TOML).
+        recipe: PathBuf,
+        /// Output directory (default: runs/<experiment name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override a recipe value by dotted path, e.g. `--set train.epochs=1` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Continue from the newest valid checkpoint in --out.
+        #[arg(long)]
+        resume: bool,
+        /// Device: flex (CPU), wgpu, vulkan, cuda (overrides the recipe's `device`).
+        #[arg(long)]
+        device: Option<String>,
+        /// Terminal output.
+        #[arg(long, value_enum, default_value = "auto")]
+        progress: ProgressArg,
+    },
+    /// Evaluate a checkpoint on the test set of the recipe stored in it.
+    Eval {
+        /// A checkpoint file (`DIR/checkpoints/epoch-00005.qck`, or `summary.json`'s `checkpoint`).
+        checkpoint: PathBuf,
+        /// Override a value of the stored recipe (e.g. `data.path=DIR`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Device (overrides the stored recipe's).
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Validate a recipe without running it.
+    Check {
+        /// The recipe (TOML).
+        recipe: PathBuf,
+        /// Overrides, as for `run`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+}
+
+fn with_device(mut set: Vec<String>, device: Option<String>) -> Vec<String> {
+    if let Some(d) = device {
+        set.push(format!("device=\"{d}\""));
+    }
+    set
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            recipe,
+            out,
+            set,
+            resume,
+            device,
+            progress,
+        } => {
+            let set = with_device(set, device);
+            let exp = Experiment::load(&recipe, &set)?;
+            let out_dir = out.unwrap_or_else(|| PathBuf::from("runs").join(&exp.name));
+            let progress = match progress {
+                ProgressArg::Auto => ProgressMode::Auto,
+                ProgressArg::Bar => ProgressMode::Bar,
+                ProgressArg::Plain => ProgressMode::Plain,
+                ProgressArg::Quiet => ProgressMode::Quiet,
+            };
+            quench::train::run(
+                &exp,
+                &RunOptions {
+                    out_dir: out_dir.clone(),
+                    resume,
+                    progress,
+                },
+            )
+            .with_context(|| format!("running {} into {}", recipe.display(), out_dir.display()))?;
+        }
+        Command::Eval {
+            checkpoint,
+            set,
+            device,
+        } => {
+            let set = with_device(set, device);
+            let report = quench::train::eval::eval_checkpoint(&checkpoint, &set)
+                .with_context(|| format!("evaluating {}", checkpoint.display()))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::Check { recipe, set } => {
+            let exp = Experiment::load(&recipe, &set)?;
+            println!(
+                "{}: ok — experiment `{}`, {} on {}, {} epochs",
+                recipe.display(),
+                exp.name,
+                exp.model.describe(28 * 28, 10),
+                exp.data.dataset.name(),
+                exp.train.epochs
+            );
+        }
+    }
+    Ok(())
+}
