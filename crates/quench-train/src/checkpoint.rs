@@ -281,6 +281,26 @@ pub fn epoch_file_name(epoch: usize) -> String {
     format!("epoch-{epoch:05}.{EXTENSION}")
 }
 
+/// Removes temporaries left in `dir` by a write that was killed (`.NAME.tmp-PID`); returns how
+/// many. Only called by the run that owns `dir`, before it writes anything.
+pub fn remove_stale_temporaries(dir: &Path) -> Result<usize, CheckpointError> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(&format!(".{EXTENSION}.tmp-")) {
+            fs::remove_file(entry.path()).map_err(|source| CheckpointError::Io {
+                path: entry.path(),
+                source,
+            })?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Complete checkpoints in `dir`, oldest first (temporaries are ignored by name).
 pub fn list_checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>, CheckpointError> {
     let entries = match fs::read_dir(dir) {

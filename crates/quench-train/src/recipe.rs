@@ -457,6 +457,10 @@ impl Experiment {
         b.train.epochs = 0;
         a.description.clear();
         b.description.clear();
+        // Logging, checkpoint retention and the device do not change what is trained.
+        a.log = b.log.clone();
+        a.checkpoint = b.checkpoint.clone();
+        a.device = b.device.clone();
         a == b
     }
 }

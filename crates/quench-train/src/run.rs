@@ -218,6 +218,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
     // Load data before touching the output directory: a missing data set leaves nothing behind.
     let data = load_image_data(exp)?;
     prepare_out_dir(exp, out, opts.resume)?;
+    checkpoint::remove_stale_temporaries(&out.join("checkpoints"))?;
 
     device.seed(exp.seed);
     let train_device = device.clone().autodiff();

@@ -1,0 +1,359 @@
+//! End-to-end tests of the `quench` binary on the real Fashion-MNIST files
+//! (`apt-get install dataset-fashion-mnist`; `.ci/run` installs it).
+//!
+//! Every run here is a small MLP (784-32-10), so an epoch takes well under a second.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use quench::train::Checkpoint;
+use quench::train::tb_reader::{histograms, read_event_dir, scalars};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_quench");
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn quickstart() -> PathBuf {
+    root().join("experiments/quickstart.toml")
+}
+
+/// `quench run quickstart --out OUT --progress plain` with a tiny model plus `extra` overrides.
+fn run_cmd(out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(root())
+        .arg("run")
+        .arg(quickstart())
+        .arg("--out")
+        .arg(out)
+        .args(["--progress", "plain", "--set", "model.hidden=[32]"]);
+    for s in extra {
+        cmd.args(["--set", s]);
+    }
+    cmd
+}
+
+fn output(mut cmd: Command) -> Output {
+    cmd.output().expect("spawn quench")
+}
+
+fn ok(cmd: Command) -> Output {
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "quench failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a command that must fail; returns its stderr (one `error:` line) after checking the exit code.
+fn fails(cmd: Command) -> String {
+    let out = output(cmd);
+    assert!(!out.status.success(), "quench unexpectedly succeeded");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let last = err.lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("error: "), "no error line in: {err}");
+    last
+}
+
+fn summary(out: &Path) -> Value {
+    let text = fs::read_to_string(out.join("summary.json")).expect("summary.json");
+    serde_json::from_str(&text).expect("summary.json parses")
+}
+
+/// Every file under `dir` with its bytes, to show that a failed command changed nothing.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.insert(p.clone(), fs::read(&p).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// The final model's float parameters of a finished run.
+fn weights(summary: &Value) -> Vec<quench::train::params::ParamValues> {
+    let path = PathBuf::from(summary["checkpoint"].as_str().unwrap());
+    let ckpt = Checkpoint::read(&path).unwrap();
+    let exp: quench::train::Experiment = toml::from_str(&ckpt.meta.experiment_toml).unwrap();
+    let device = burn::tensor::Device::flex();
+    let model = quench::train::run::model_from_checkpoint(&exp, &ckpt, &path, &device).unwrap();
+    quench::train::params::float_params(&model)
+}
+
+#[test]
+fn one_epoch_run_writes_summary_checkpoint_and_tensorboard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    ok(run_cmd(&out, &["train.epochs=1", "log.every_steps=100"]));
+
+    let s = summary(&out);
+    assert_eq!(s["experiment"], "quickstart");
+    assert_eq!(s["epochs_completed"], 1);
+    assert_eq!(s["steps"], 469); // ceil(60000 / 128)
+    assert_eq!(s["params"], 784 * 32 + 32 + 32 * 10 + 10);
+    assert_eq!(s["model_bytes_fp32"], 4 * (784 * 32 + 32 + 32 * 10 + 10));
+    assert_eq!(s["device"], "flex");
+    let acc = s["test_accuracy"].as_f64().unwrap();
+    assert!(
+        (0.75..0.90).contains(&acc),
+        "one epoch of a 784-32-10 MLP: {acc}"
+    );
+    let loss = s["test_loss"].as_f64().unwrap();
+    assert!(loss > 0.2 && loss < 0.8, "test loss {loss}");
+    assert!(s["train_samples_per_sec"].as_f64().unwrap() > 100.0);
+
+    // The checkpoint is readable and `quench eval` reproduces the summary's test metrics.
+    let ckpt = PathBuf::from(s["checkpoint"].as_str().unwrap());
+    let c = Checkpoint::read(&ckpt).expect("checkpoint reads");
+    assert_eq!(c.meta.epoch, 1);
+    assert_eq!(c.meta.global_step, 469);
+    for section in ["model", "optimizer", "scheduler"] {
+        assert!(
+            c.section(section).is_some_and(|b| !b.is_empty()),
+            "{section}"
+        );
+    }
+    let mut eval = Command::new(BIN);
+    eval.arg("eval").arg(&ckpt);
+    let e = ok(eval);
+    let report: Value = serde_json::from_slice(&e.stdout).expect("eval prints JSON");
+    assert_eq!(report["test_accuracy"], s["test_accuracy"]);
+    let eval_loss = report["test_loss"].as_f64().unwrap();
+    assert!((eval_loss - loss).abs() < 1e-9, "{eval_loss} vs {loss}");
+
+    // TensorBoard: parse the event files ourselves (framing, masked CRC32C, protobuf).
+    let tb = PathBuf::from(s["tensorboard_dir"].as_str().unwrap());
+    assert_eq!(tb, out.join("tb"));
+    let events = read_event_dir(&tb).expect("event files parse");
+    for tag in [
+        "train/loss",
+        "train/accuracy",
+        "lr",
+        "throughput/samples_per_sec",
+    ] {
+        let v = scalars(&events, tag);
+        // Logged every 100 steps and at the epoch's last step: 100..400 and 469.
+        let steps: Vec<i64> = v.iter().map(|(s, _)| *s).collect();
+        assert_eq!(steps, vec![100, 200, 300, 400, 469], "{tag}");
+        assert!(v.iter().all(|(_, x)| x.is_finite()), "{tag}");
+    }
+    let lr = scalars(&events, "lr");
+    assert!(lr.iter().all(|(_, x)| (*x - 1e-3).abs() < 1e-9));
+    for tag in ["eval/loss", "eval/accuracy", "test/accuracy", "test/loss"] {
+        let v = scalars(&events, tag);
+        assert_eq!(v.len(), 1, "{tag}");
+    }
+    let eval_acc = scalars(&events, "eval/accuracy")[0].1 as f64;
+    assert!((eval_acc - acc).abs() < 1e-6);
+    for layer in ["fc1", "fc2"] {
+        for p in ["weight", "bias"] {
+            let tag = format!("params/{layer}/{p}");
+            let h = histograms(&events, &tag);
+            assert_eq!(h.len(), 1, "{tag}");
+            let n = if p == "weight" {
+                if layer == "fc1" { 784 * 32 } else { 32 * 10 }
+            } else if layer == "fc1" {
+                32
+            } else {
+                10
+            };
+            assert_eq!(h[0].1.num as usize, n, "{tag}");
+        }
+    }
+}
+
+/// Runs 3 epochs uninterrupted; then the same recipe killed (SIGKILL) while it writes the
+/// epoch-2 checkpoint, and resumed. The resumed run must end bit-identical.
+#[test]
+fn run_killed_mid_checkpoint_resumes_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let full = tmp.path().join("full");
+    let cut = tmp.path().join("cut");
+    let extra = ["train.epochs=3", "log.every_steps=200"];
+    ok(run_cmd(&full, &extra));
+
+    let mut cmd = run_cmd(&cut, &extra);
+    cmd.env("QUENCH_TEST_SLOW_WRITE_MS", "150")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let ckpts = cut.join("checkpoints");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // Wait until epoch 1 is complete and the epoch-2 temporary is being written, then kill.
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "run never reached the epoch-2 write"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before it was killed"
+        );
+        let names: Vec<String> = fs::read_dir(&ckpts)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if names.iter().any(|n| n == "epoch-00001.qck")
+            && names.iter().any(|n| n.starts_with(".epoch-00002.qck.tmp"))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!cut.join("summary.json").exists());
+    assert!(!ckpts.join("epoch-00002.qck").exists());
+
+    // Resuming without --resume is refused; with it, training continues from epoch 1.
+    let err = fails(run_cmd(&cut, &extra));
+    assert!(err.contains("--resume"), "{err}");
+    let mut resume = run_cmd(&cut, &extra);
+    resume.arg("--resume");
+    ok(resume);
+
+    let a = summary(&full);
+    let b = summary(&cut);
+    assert_eq!(b["resumed_from_epoch"], 1);
+    assert_eq!(b["epochs_completed"], 3);
+    assert_eq!(a["steps"], b["steps"]);
+    assert_eq!(a["test_loss"], b["test_loss"], "final test loss differs");
+    assert_eq!(a["test_accuracy"], b["test_accuracy"]);
+    // Per-epoch metrics are identical except the measured throughput.
+    let strip = |v: &Value| {
+        let mut h = v["history"].as_array().unwrap().clone();
+        for e in &mut h {
+            e.as_object_mut().unwrap().remove("samples_per_sec");
+        }
+        h
+    };
+    assert_eq!(strip(&a), strip(&b), "per-epoch metrics differ");
+    // Every weight bit-identical. (The record bytes themselves differ: burn's ParamIds are
+    // random per process. Adam's state is keyed by them, so it is not compared byte-wise; two
+    // more epochs ending on identical weights show it was restored.)
+    let (wa, wb) = (weights(&a), weights(&b));
+    assert_eq!(wa.len(), 4);
+    for (x, y) in wa.iter().zip(&wb) {
+        assert_eq!(x.path, y.path);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&x.values) == bits(&y.values), "{} differs", x.path);
+    }
+    // The killed write left no temporary behind after the resumed run.
+    let leftovers: Vec<_> = fs::read_dir(&ckpts)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn bad_input_is_one_clear_error_and_overwrites_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    ok(run_cmd(&out, &["train.epochs=1", "log.every_steps=1000"]));
+    let before = snapshot(&out);
+
+    // Unknown key (by --set and in a recipe file), out-of-range value, wrong type.
+    let err = fails(run_cmd(&out, &["train.epoch=2"]));
+    assert!(err.contains("train.epoch"), "{err}");
+    let bad_recipe = tmp.path().join("bad.toml");
+    let text = fs::read_to_string(quickstart()).unwrap();
+    fs::write(
+        &bad_recipe,
+        text.replace("[train]", "[train]\nlearning_rate = 0.1"),
+    )
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["check"]).arg(&bad_recipe);
+    let err = fails(cmd);
+    assert!(
+        err.contains("learning_rate") && err.contains("bad.toml"),
+        "{err}"
+    );
+    let err = fails(run_cmd(&out, &["train.lr=-1"]));
+    assert!(err.contains("train.lr"), "{err}");
+    let err = fails(run_cmd(&out, &["train.batch_size=0"]));
+    assert!(err.contains("train.batch_size"), "{err}");
+    let err = fails(run_cmd(&out, &["train.epochs=\"three\""]));
+    assert!(err.contains("train.epochs"), "{err}");
+    let err = fails(run_cmd(&out, &["data.val_fraction=1.0"]));
+    assert!(err.contains("data.val_fraction"), "{err}");
+
+    // An --out holding another experiment, or this one without --resume.
+    let err = fails(run_cmd(&out, &["name=\"other\""]));
+    assert!(err.contains("quickstart"), "{err}");
+    let err = fails(run_cmd(&out, &["train.epochs=1"]));
+    assert!(err.contains("--resume"), "{err}");
+    // --resume with a recipe whose model differs from the checkpoint's.
+    let mut cmd = run_cmd(&out, &["model.hidden=[16]"]);
+    cmd.arg("--resume");
+    let err = fails(cmd);
+    assert!(err.contains("different"), "{err}");
+
+    // Missing and corrupt data files, named in the error.
+    let err = fails(run_cmd(
+        &tmp.path().join("other1"),
+        &["data.path=\"/nonexistent/fmnist\""],
+    ));
+    assert!(err.contains("/nonexistent/fmnist"), "{err}");
+    let data = tmp.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let src = Path::new("/usr/share/datasets/fashion-mnist");
+    for f in [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ] {
+        fs::copy(src.join(f), data.join(f)).unwrap();
+    }
+    let labels = data.join("train-labels-idx1-ubyte.gz");
+    let bytes = fs::read(&labels).unwrap();
+    fs::write(&labels, &bytes[..bytes.len() / 2]).unwrap();
+    let set = format!("data.path=\"{}\"", data.display());
+    let err = fails(run_cmd(&tmp.path().join("other2"), &[&set]));
+    assert!(err.contains("train-labels-idx1-ubyte.gz"), "{err}");
+
+    // `quench eval` on something that is not a checkpoint.
+    let mut cmd = Command::new(BIN);
+    cmd.arg("eval").arg(out.join("summary.json"));
+    let err = fails(cmd);
+    assert!(err.contains("summary.json"), "{err}");
+
+    assert_eq!(
+        snapshot(&out),
+        before,
+        "a failed command changed the run directory"
+    );
+}
+
+#[test]
+fn check_validates_every_shipped_recipe() {
+    for entry in fs::read_dir(root().join("experiments")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let mut cmd = Command::new(BIN);
+            cmd.arg("check").arg(&path);
+            ok(cmd);
+        }
+    }
+}
