@@ -23,6 +23,12 @@ enum ProgressArg {
     Quiet,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum TernaryArg {
+    Bits2,
+    Base3,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Train a recipe: `quench run experiments/quickstart.toml --out runs/quick`.
@@ -55,6 +61,29 @@ enum Command {
         /// Device (overrides the stored recipe's).
         #[arg(long)]
         device: Option<String>,
+    },
+    /// Write a checkpoint's quantized layers as packed integers (safetensors).
+    Export {
+        /// A checkpoint of a recipe with `[[quant.layers]]`.
+        checkpoint: PathBuf,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Ternary packing: 2 bits per weight, or base 3 (1.6 bits).
+        #[arg(long, value_enum, default_value = "bits2")]
+        ternary_packing: TernaryArg,
+        /// Also check the file: run the test set through it and compare with the checkpoint.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Run a distillation recipe's teacher over its training set once and cache the logits
+    /// (used when the recipe sets `distill.cache_logits = true`).
+    DistillCache {
+        /// A recipe with a [distill] section.
+        recipe: PathBuf,
+        /// Overrides, as for `run`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Validate a recipe without running it.
     Check {
@@ -122,6 +151,34 @@ fn real_main() -> Result<()> {
             let report = quench::train::eval::eval_checkpoint(&checkpoint, &set)
                 .with_context(|| format!("evaluating {}", checkpoint.display()))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::Export {
+            checkpoint,
+            out,
+            ternary_packing,
+            verify,
+        } => {
+            let packing = match ternary_packing {
+                TernaryArg::Bits2 => quench::train::export::TernaryPacking::Bits2,
+                TernaryArg::Base3 => quench::train::export::TernaryPacking::Base3,
+            };
+            let report = quench::train::export::export_checkpoint(&checkpoint, &out, packing)
+                .with_context(|| format!("exporting {}", checkpoint.display()))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if verify {
+                let v = quench::train::export::verify_export(&checkpoint, &out)
+                    .with_context(|| format!("verifying {}", out.display()))?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+        }
+        Command::DistillCache { recipe, set } => {
+            let exp = Experiment::load(&recipe, &set)?;
+            let (path, n) = quench::train::distill::build_cache(&exp)
+                .with_context(|| format!("caching teacher logits for {}", recipe.display()))?;
+            println!(
+                "wrote teacher logits of {n} training samples to {}",
+                path.display()
+            );
         }
         Command::Check { recipe, set } => {
             let exp = Experiment::load(&recipe, &set)?;

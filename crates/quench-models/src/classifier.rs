@@ -3,9 +3,12 @@
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::lenet::{LeNet5, LeNet5Config};
+use crate::lenet::{ConvNet, ConvNetConfig};
 use crate::mlp::{Mlp, MlpConfig};
-use crate::names::LayerInfo;
+use crate::names::{LayerInfo, LayerPlan};
+use quench_quant::layer::{
+    ExportedInput, ExportedWeight, LayerQuant, LayerReport, QuantConv2d, QuantLinear,
+};
 
 /// Errors from building or addressing models.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +32,9 @@ pub enum ModelError {
     /// The model description is invalid.
     #[error("invalid model: {0}")]
     Invalid(String),
+    /// A layer's quantization could not be set up.
+    #[error("layer `{0}`: {1}")]
+    Quant(String, quench_quant::QuantError),
 }
 
 /// Which classifier to build, as a recipe's `[model]` table says.
@@ -42,6 +48,20 @@ pub enum ClassifierConfig {
     },
     /// `arch = "lenet5"`.
     Lenet5,
+    /// `arch = "cnn"`: two conv+pool stages then fully connected layers (the teacher shape).
+    Cnn {
+        /// Output channels of conv1 and conv2.
+        channels: [usize; 2],
+        /// Square kernel size (odd).
+        #[serde(default = "default_kernel")]
+        kernel: usize,
+        /// Hidden widths of the fully connected layers.
+        fc: Vec<usize>,
+    },
+}
+
+fn default_kernel() -> usize {
+    3
 }
 
 /// A built classifier (any reference architecture) for 28×28 grey images.
@@ -52,11 +72,23 @@ pub enum ClassifierConfig {
 pub enum Classifier {
     /// An MLP.
     Mlp(Mlp),
-    /// LeNet-5.
-    LeNet5(LeNet5),
+    /// LeNet-5 or another two-stage conv net.
+    ConvNet(ConvNet),
 }
 
 impl ClassifierConfig {
+    fn conv_config(&self, classes: usize) -> Option<ConvNetConfig> {
+        match self {
+            Self::Mlp { .. } => None,
+            Self::Lenet5 => Some(ConvNetConfig::lenet5(classes)),
+            Self::Cnn {
+                channels,
+                kernel,
+                fc,
+            } => Some(ConvNetConfig::new(*channels, *kernel, fc.clone(), classes)),
+        }
+    }
+
     /// Checks sizes; `input` is pixels per image, `classes` the label count.
     pub fn validate(&self, input: usize, classes: usize) -> Result<(), ModelError> {
         if classes < 2 {
@@ -73,26 +105,69 @@ impl ClassifierConfig {
                 }
                 Ok(())
             }
-            Self::Lenet5 if input != 28 * 28 => Err(ModelError::Invalid(format!(
-                "lenet5 takes 28×28 images, the data has {input} pixels per image"
+            _ if input != 28 * 28 => Err(ModelError::Invalid(format!(
+                "conv nets take 28×28 images, the data has {input} pixels per image"
             ))),
-            Self::Lenet5 => Ok(()),
+            _ => self.conv_config(classes).map_or(Ok(()), |c| c.validate()),
         }
     }
 
-    /// Builds the classifier on `device`.
-    pub fn init(&self, input: usize, classes: usize, device: &Device) -> Classifier {
+    /// The named weight layers of the model this config builds (names, paths, shapes).
+    pub fn layer_infos(&self, input: usize, classes: usize) -> Vec<LayerInfo> {
+        let (variant, mut infos) = match self {
+            Self::Mlp { hidden } => (
+                "Mlp",
+                MlpConfig::new(input, hidden.clone(), classes).layer_infos(),
+            ),
+            _ => (
+                "ConvNet",
+                self.conv_config(classes)
+                    .map(|c| c.layer_infos())
+                    .unwrap_or_default(),
+            ),
+        };
+        for info in &mut infos {
+            *info = LayerInfo::new(
+                info.name.clone(),
+                format!("{variant}.{}", info.path),
+                info.kind,
+                info.weight_shape.clone(),
+            );
+        }
+        infos
+    }
+
+    /// Builds the classifier on `device`, each layer float / QAT / ternary / binary per `plan`.
+    pub fn init(
+        &self,
+        input: usize,
+        classes: usize,
+        plan: &LayerPlan,
+        device: &Device,
+    ) -> Result<Classifier, ModelError> {
         match self {
-            Self::Mlp { hidden } => {
-                Classifier::Mlp(MlpConfig::new(input, hidden.clone(), classes).init(device))
-            }
-            Self::Lenet5 => {
-                Classifier::LeNet5(LeNet5Config::new().with_classes(classes).init(device))
+            Self::Mlp { hidden } => Ok(Classifier::Mlp(
+                MlpConfig::new(input, hidden.clone(), classes).init(plan, device)?,
+            )),
+            _ => {
+                let c = self
+                    .conv_config(classes)
+                    .ok_or_else(|| ModelError::Invalid("not a conv net".into()))?;
+                Ok(Classifier::ConvNet(c.init(plan, device)?))
             }
         }
     }
 
-    /// A short human-readable name (`mlp 784-512-512-10`, `lenet5`).
+    /// Builds the all-float classifier (no layer quantized).
+    pub fn init_float(&self, input: usize, classes: usize, device: &Device) -> Classifier {
+        // A float plan creates no quantizer, so there is nothing that can fail.
+        match self.init(input, classes, &LayerPlan::float(), device) {
+            Ok(m) => m,
+            Err(e) => unreachable!("float model construction failed: {e}"),
+        }
+    }
+
+    /// A short human-readable name (`mlp 784-512-512-10`, `lenet5`, `cnn 32-64 k3 fc256`).
     pub fn describe(&self, input: usize, classes: usize) -> String {
         match self {
             Self::Mlp { hidden } => {
@@ -102,30 +177,146 @@ impl ClassifierConfig {
                 format!("mlp {}", dims.join("-"))
             }
             Self::Lenet5 => "lenet5".to_string(),
+            Self::Cnn {
+                channels,
+                kernel,
+                fc,
+            } => format!(
+                "cnn {}-{} k{} fc{}",
+                channels[0],
+                channels[1],
+                kernel,
+                fc.iter()
+                    .map(|f| f.to_string())
+                    .collect::<Vec<_>>()
+                    .join("-")
+            ),
         }
     }
 }
 
+/// One layer of a model as exported: name, shape, kind, weight, bias and input quantization.
+#[derive(Debug, Clone)]
+pub struct ExportedLayer {
+    /// Layer name and shape.
+    pub info: LayerInfo,
+    /// What the layer computes with.
+    pub kind: LayerQuant,
+    /// Weight (integer codes or f32).
+    pub weight: ExportedWeight,
+    /// Bias, f32.
+    pub bias: Option<Vec<f32>>,
+    /// Input quantization at inference.
+    pub input: ExportedInput,
+    /// Symmetric zero padding of a convolution (`None` for Linear).
+    pub padding: Option<usize>,
+}
+
+fn conv_padding(c: &QuantConv2d) -> Option<usize> {
+    match c.inner.padding {
+        burn::nn::PaddingConfig2d::Explicit(p, _, _, _) => Some(p),
+        _ => Some(0),
+    }
+}
+
+fn bias_values(b: &Option<burn::module::Param<Tensor<1>>>) -> Option<Vec<f32>> {
+    b.as_ref().and_then(|b| {
+        b.val()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .ok()
+    })
+}
+
 impl Classifier {
+    /// Each weight layer's name and the quench layer's operands with its latent weight, as a
+    /// closure result (Linear and Conv2d weights differ in rank).
+    fn each_layer<T>(
+        &self,
+        mut linear: impl FnMut(LayerInfo, &QuantLinear) -> T,
+        mut conv: impl FnMut(LayerInfo, &QuantConv2d) -> T,
+    ) -> Vec<T> {
+        let infos = self.layer_infos();
+        match self {
+            Self::Mlp(m) => m
+                .layers
+                .iter()
+                .zip(infos)
+                .map(|(l, i)| linear(i, l))
+                .collect(),
+            Self::ConvNet(m) => {
+                let mut it = infos.into_iter();
+                let mut out = Vec::new();
+                for c in [&m.conv1, &m.conv2] {
+                    if let Some(i) = it.next() {
+                        out.push(conv(i, c));
+                    }
+                }
+                for (l, i) in m.fcs.iter().zip(it) {
+                    out.push(linear(i, l));
+                }
+                out
+            }
+        }
+    }
+
+    /// Per-layer quantization numbers (scales, zero-points, error, ternary fractions).
+    pub fn quant_reports(&self) -> Vec<(LayerInfo, LayerQuant, LayerReport)> {
+        self.each_layer(
+            |i, l| (i, l.ops.kind().clone(), l.ops.report(l.inner.weight.val())),
+            |i, c| (i, c.ops.kind().clone(), c.ops.report(c.inner.weight.val())),
+        )
+    }
+
+    /// Every weight layer as exported (integer codes where quantized).
+    pub fn export_layers(&self) -> Vec<ExportedLayer> {
+        self.each_layer(
+            |info, l| ExportedLayer {
+                info,
+                kind: l.ops.kind().clone(),
+                weight: l.ops.export_weight(l.inner.weight.val()),
+                bias: bias_values(&l.inner.bias),
+                input: l.ops.export_input(),
+                padding: None,
+            },
+            |info, c| ExportedLayer {
+                info,
+                kind: c.ops.kind().clone(),
+                weight: c.ops.export_weight(c.inner.weight.val()),
+                bias: bias_values(&c.inner.bias),
+                input: c.ops.export_input(),
+                padding: conv_padding(c),
+            },
+        )
+    }
+
     /// Logits `[batch, classes]` from flattened images `[batch, pixels]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         match self {
             Self::Mlp(m) => m.forward(x),
-            Self::LeNet5(m) => m.forward(x),
+            Self::ConvNet(m) => m.forward(x),
         }
     }
 
     /// The named weight layers of the model, in forward order; `path` is the full module
-    /// path inside this enum (`Mlp.layers.0`, `LeNet5.conv1`), as records and visitors see it.
+    /// path inside this enum (`Mlp.layers.0`, `ConvNet.conv1`), as records and visitors see it.
     pub fn layer_infos(&self) -> Vec<LayerInfo> {
-        let (variant, mut infos) = match self {
+        let (variant, infos) = match self {
             Self::Mlp(m) => ("Mlp", m.layer_infos()),
-            Self::LeNet5(m) => ("LeNet5", m.layer_infos()),
+            Self::ConvNet(m) => ("ConvNet", m.layer_infos()),
         };
-        for info in &mut infos {
-            info.path = format!("{variant}.{}", info.path);
-        }
         infos
+            .into_iter()
+            .map(|i| {
+                LayerInfo::new(
+                    i.name,
+                    format!("{variant}.{}", i.path),
+                    i.kind,
+                    i.weight_shape,
+                )
+            })
+            .collect()
     }
 }
 
@@ -139,7 +330,7 @@ mod tests {
         let cfg = ClassifierConfig::Mlp {
             hidden: vec![512, 512],
         };
-        let m = cfg.init(784, 10, &device);
+        let m = cfg.init_float(784, 10, &device);
         let names: Vec<_> = m.layer_infos().into_iter().map(|l| l.name).collect();
         assert_eq!(names, ["fc1", "fc2", "fc3"]);
         // 784·512+512 + 512·512+512 + 512·10+10
@@ -155,13 +346,15 @@ mod tests {
     #[test]
     fn lenet5_shapes_names_and_params() {
         let device = Device::flex();
-        let m = ClassifierConfig::Lenet5.init(784, 10, &device);
+        let m = ClassifierConfig::Lenet5.init_float(784, 10, &device);
         let infos = m.layer_infos();
         let names: Vec<_> = infos.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["conv1", "conv2", "fc1", "fc2", "fc3"]);
         assert_eq!(infos[0].weight_shape, [6, 1, 5, 5]);
         assert_eq!(infos[2].weight_shape, [400, 120]);
-        assert_eq!(infos[2].path, "LeNet5.fc1");
+        assert_eq!(infos[2].path, "ConvNet.fcs.0");
+        assert_eq!(infos[2].weight_path(), "ConvNet.fcs.0.inner.weight");
+        assert_eq!(ClassifierConfig::Lenet5.layer_infos(784, 10), infos);
         // The classic LeNet-5 (padded conv1) parameter count.
         assert_eq!(m.num_params(), 61_706);
         let y = m.forward(Tensor::zeros([2, 784], &device));

@@ -1,55 +1,164 @@
-//! LeNet-5 for 28×28 single-channel images (padded first conv, as in the common PyTorch port).
+//! LeNet-5 for 28×28 single-channel images (padded first conv, as in the common PyTorch port),
+//! and a wider CNN of the same shape used as a distillation teacher.
 
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::conv::Conv2dConfig;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
+use burn::nn::{LinearConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
+use quench_quant::layer::{QuantConv2d, QuantLinear};
 
-use crate::names::{LayerInfo, LayerKind};
+use crate::ModelError;
+use crate::names::{LayerInfo, LayerKind, LayerPlan};
 
-/// LeNet-5: conv1 (1→6, 5×5, pad 2) → pool → conv2 (6→16, 5×5) → pool → fc1 400→120 → fc2 →84 → fc3.
+/// Two conv+pool stages and three fully connected layers. LeNet-5 is
+/// `channels = [6, 16], kernel = 5, fc = [120, 84]`; the teacher CNN is
+/// `channels = [32, 64], kernel = 3, fc = [256]`… (any sizes).
 #[derive(Config, Debug)]
-pub struct LeNet5Config {
+pub struct ConvNetConfig {
+    /// Output channels of conv1 and conv2.
+    pub channels: [usize; 2],
+    /// Square kernel size of both convolutions.
+    pub kernel: usize,
+    /// Hidden widths of the fully connected layers after the convolutions.
+    pub fc: Vec<usize>,
     /// Output classes.
-    #[config(default = 10)]
     pub classes: usize,
 }
 
-/// The LeNet-5 model; field names are the layer names recipes use.
+/// The conv net; layer names are `conv1`, `conv2`, `fc1`…`fcN`.
 #[derive(Module, Debug)]
-pub struct LeNet5 {
-    /// 1→6 channels, 5×5, padding 2 (keeps 28×28).
-    pub conv1: Conv2d,
-    /// 6→16 channels, 5×5.
-    pub conv2: Conv2d,
-    /// 16·5·5 → 120.
-    pub fc1: Linear,
-    /// 120 → 84.
-    pub fc2: Linear,
-    /// 84 → classes.
-    pub fc3: Linear,
+pub struct ConvNet {
+    /// 1 → channels[0]; LeNet-5 pads it so 28×28 stays 28×28.
+    pub conv1: QuantConv2d,
+    /// channels[0] → channels[1].
+    pub conv2: QuantConv2d,
+    /// Fully connected layers, first to last.
+    pub fcs: Vec<QuantLinear>,
     pool: MaxPool2d,
     activation: Relu,
+    /// Flattened features after the second pool.
+    flat: usize,
 }
 
-impl LeNet5Config {
-    /// Builds LeNet-5 on `device`.
-    pub fn init(&self, device: &Device) -> LeNet5 {
-        LeNet5 {
-            conv1: Conv2dConfig::new([1, 6], [5, 5])
-                .with_padding(PaddingConfig2d::Explicit(2, 2, 2, 2))
-                .init(device),
-            conv2: Conv2dConfig::new([6, 16], [5, 5]).init(device),
-            fc1: LinearConfig::new(16 * 5 * 5, 120).init(device),
-            fc2: LinearConfig::new(120, 84).init(device),
-            fc3: LinearConfig::new(84, self.classes).init(device),
+/// The LeNet-5 model (conv1 1→6 5×5 pad 2, conv2 6→16 5×5, fc 400→120→84→classes).
+pub type LeNet5 = ConvNet;
+
+impl ConvNetConfig {
+    /// LeNet-5.
+    pub fn lenet5(classes: usize) -> Self {
+        Self::new([6, 16], 5, vec![120, 84], classes)
+    }
+
+    /// Padding of conv1 ("same") and conv2: LeNet-5 pads only conv1; 3×3 nets pad both.
+    fn paddings(&self) -> (usize, usize) {
+        let same = self.kernel / 2;
+        if self.kernel == 5 {
+            (same, 0)
+        } else {
+            (same, same)
+        }
+    }
+
+    /// Features after conv2 + pool for 28×28 input.
+    fn flat(&self) -> usize {
+        let (p1, p2) = self.paddings();
+        // Convolution output size, then a 2×2 pool (floor).
+        let conv1 = 28 + 2 * p1 + 1 - self.kernel;
+        let s1 = conv1 / 2;
+        let conv2 = s1 + 2 * p2 + 1 - self.kernel;
+        let s2 = conv2 / 2;
+        self.channels[1] * s2 * s2
+    }
+
+    fn fc_dims(&self) -> Vec<usize> {
+        let mut dims = vec![self.flat()];
+        dims.extend(&self.fc);
+        dims.push(self.classes);
+        dims
+    }
+
+    /// Checks the sizes (kernel odd and ≤ 7, channels > 0).
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.kernel.is_multiple_of(2) || !(1..=7).contains(&self.kernel) {
+            return Err(ModelError::Invalid(format!(
+                "model.kernel = {}: must be odd and at most 7",
+                self.kernel
+            )));
+        }
+        if self.channels.contains(&0) || self.fc.contains(&0) {
+            return Err(ModelError::Invalid(
+                "model.channels and model.fc must be > 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The named weight layers this config builds.
+    pub fn layer_infos(&self) -> Vec<LayerInfo> {
+        let k = self.kernel;
+        let mut v = vec![
+            LayerInfo::new(
+                "conv1".into(),
+                "conv1".into(),
+                LayerKind::Conv2d,
+                vec![self.channels[0], 1, k, k],
+            ),
+            LayerInfo::new(
+                "conv2".into(),
+                "conv2".into(),
+                LayerKind::Conv2d,
+                vec![self.channels[1], self.channels[0], k, k],
+            ),
+        ];
+        for (i, w) in self.fc_dims().windows(2).enumerate() {
+            v.push(LayerInfo::new(
+                format!("fc{}", i + 1),
+                format!("fcs.{i}"),
+                LayerKind::Linear,
+                vec![w[0], w[1]],
+            ));
+        }
+        v
+    }
+
+    /// Builds the net on `device`, each layer as `plan` says.
+    pub fn init(&self, plan: &LayerPlan, device: &Device) -> Result<ConvNet, ModelError> {
+        let (p1, p2) = self.paddings();
+        let k = self.kernel;
+        let conv = |name: &str, c: [usize; 2], p: usize| {
+            QuantConv2d::from_conv(
+                Conv2dConfig::new(c, [k, k])
+                    .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+                    .init(device),
+                &plan.get(name),
+            )
+            .map_err(|e| ModelError::Quant(name.to_string(), e))
+        };
+        let fcs = self
+            .fc_dims()
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| {
+                let name = format!("fc{}", i + 1);
+                QuantLinear::from_linear(
+                    LinearConfig::new(w[0], w[1]).init(device),
+                    &plan.get(&name),
+                )
+                .map_err(|e| ModelError::Quant(name, e))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ConvNet {
+            conv1: conv("conv1", [1, self.channels[0]], p1)?,
+            conv2: conv("conv2", self.channels, p2)?,
+            fcs,
             pool: MaxPool2dConfig::new([2, 2]).init(),
             activation: Relu::new(),
-        }
+            flat: self.flat(),
+        })
     }
 }
 
-impl LeNet5 {
+impl ConvNet {
     /// Logits `[batch, classes]` from flattened 28×28 images `[batch, 784]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let [batch, _] = x.dims();
@@ -60,32 +169,41 @@ impl LeNet5 {
         let x = self
             .pool
             .forward(self.activation.forward(self.conv2.forward(x)));
-        let x = x.reshape([batch, 16 * 5 * 5]);
-        let x = self.activation.forward(self.fc1.forward(x));
-        let x = self.activation.forward(self.fc2.forward(x));
-        self.fc3.forward(x)
+        let mut x = x.reshape([batch, self.flat]);
+        let last = self.fcs.len() - 1;
+        for (i, fc) in self.fcs.iter().enumerate() {
+            x = fc.forward(x);
+            if i != last {
+                x = self.activation.forward(x);
+            }
+        }
+        x
     }
 
     /// The named weight layers, in forward order.
     pub fn layer_infos(&self) -> Vec<LayerInfo> {
-        let conv = |name: &str, c: &Conv2d| LayerInfo {
-            name: name.to_string(),
-            path: name.to_string(),
-            kind: LayerKind::Conv2d,
-            weight_shape: c.weight.val().dims().to_vec(),
-        };
-        let fc = |name: &str, l: &Linear| LayerInfo {
-            name: name.to_string(),
-            path: name.to_string(),
-            kind: LayerKind::Linear,
-            weight_shape: l.weight.val().dims().to_vec(),
-        };
-        vec![
-            conv("conv1", &self.conv1),
-            conv("conv2", &self.conv2),
-            fc("fc1", &self.fc1),
-            fc("fc2", &self.fc2),
-            fc("fc3", &self.fc3),
-        ]
+        let mut v = vec![
+            LayerInfo::new(
+                "conv1".into(),
+                "conv1".into(),
+                LayerKind::Conv2d,
+                self.conv1.inner.weight.val().dims().to_vec(),
+            ),
+            LayerInfo::new(
+                "conv2".into(),
+                "conv2".into(),
+                LayerKind::Conv2d,
+                self.conv2.inner.weight.val().dims().to_vec(),
+            ),
+        ];
+        for (i, fc) in self.fcs.iter().enumerate() {
+            v.push(LayerInfo::new(
+                format!("fc{}", i + 1),
+                format!("fcs.{i}"),
+                LayerKind::Linear,
+                fc.inner.weight.val().dims().to_vec(),
+            ));
+        }
+        v
     }
 }

@@ -6,7 +6,8 @@ pub mod lenet;
 pub mod mlp;
 pub mod names;
 
-pub use classifier::{Classifier, ClassifierConfig, ModelError};
-pub use lenet::{LeNet5, LeNet5Config};
+pub use classifier::{Classifier, ClassifierConfig, ExportedLayer, ModelError};
+pub use lenet::{ConvNet, ConvNetConfig, LeNet5};
 pub use mlp::{Mlp, MlpConfig};
-pub use names::{LayerInfo, LayerKind, select_layers};
+pub use names::{LayerInfo, LayerKind, LayerPlan, select_layers};
+pub use quench_quant::layer::LayerQuant;

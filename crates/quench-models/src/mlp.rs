@@ -1,9 +1,11 @@
 //! Multi-layer perceptron with configurable hidden sizes; layers are named `fc1..fcN`.
 
-use burn::nn::{Linear, LinearConfig, Relu};
+use burn::nn::{LinearConfig, Relu};
 use burn::prelude::*;
+use quench_quant::layer::QuantLinear;
 
-use crate::names::{LayerInfo, LayerKind};
+use crate::ModelError;
+use crate::names::{LayerInfo, LayerKind, LayerPlan};
 
 /// Shape of an MLP: `input → hidden[0] → … → classes`, ReLU between layers.
 #[derive(Config, Debug)]
@@ -20,24 +22,51 @@ pub struct MlpConfig {
 #[derive(Module, Debug)]
 pub struct Mlp {
     /// The fully connected layers, first to last.
-    pub layers: Vec<Linear>,
+    pub layers: Vec<QuantLinear>,
     activation: Relu,
 }
 
 impl MlpConfig {
-    /// Builds the MLP on `device` with burn's default (Kaiming-uniform) initialisation.
-    pub fn init(&self, device: &Device) -> Mlp {
+    /// Builds the MLP on `device` with burn's default (Kaiming-uniform) initialisation; each
+    /// layer is float, fake-quantized, ternary or binary as `plan` says for its name.
+    pub fn init(&self, plan: &LayerPlan, device: &Device) -> Result<Mlp, ModelError> {
         let mut dims = vec![self.input];
         dims.extend(&self.hidden);
         dims.push(self.classes);
         let layers = dims
             .windows(2)
-            .map(|w| LinearConfig::new(w[0], w[1]).init(device))
-            .collect();
-        Mlp {
+            .enumerate()
+            .map(|(i, w)| {
+                let name = format!("fc{}", i + 1);
+                QuantLinear::from_linear(
+                    LinearConfig::new(w[0], w[1]).init(device),
+                    &plan.get(&name),
+                )
+                .map_err(|e| ModelError::Quant(name, e))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Mlp {
             layers,
             activation: Relu::new(),
-        }
+        })
+    }
+
+    /// The named weight layers this config builds (without building it).
+    pub fn layer_infos(&self) -> Vec<LayerInfo> {
+        let mut dims = vec![self.input];
+        dims.extend(&self.hidden);
+        dims.push(self.classes);
+        dims.windows(2)
+            .enumerate()
+            .map(|(i, w)| {
+                LayerInfo::new(
+                    format!("fc{}", i + 1),
+                    format!("layers.{i}"),
+                    LayerKind::Linear,
+                    vec![w[0], w[1]],
+                )
+            })
+            .collect()
     }
 }
 
@@ -60,11 +89,13 @@ impl Mlp {
         self.layers
             .iter()
             .enumerate()
-            .map(|(i, l)| LayerInfo {
-                name: format!("fc{}", i + 1),
-                path: format!("layers.{i}"),
-                kind: LayerKind::Linear,
-                weight_shape: l.weight.val().dims().to_vec(),
+            .map(|(i, l)| {
+                LayerInfo::new(
+                    format!("fc{}", i + 1),
+                    format!("layers.{i}"),
+                    LayerKind::Linear,
+                    l.inner.weight.val().dims().to_vec(),
+                )
             })
             .collect()
     }

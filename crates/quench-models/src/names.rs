@@ -1,6 +1,29 @@
 //! Stable layer names and pattern selection (`fc*`, `conv?`), shared by every technique.
 
+use std::collections::BTreeMap;
+
+use quench_quant::layer::LayerQuant;
+
 use crate::ModelError;
+
+/// What each named layer computes with (`fc1` → W8A8, …); layers not in the plan are float.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LayerPlan {
+    /// Layer name → kind.
+    pub layers: BTreeMap<String, LayerQuant>,
+}
+
+impl LayerPlan {
+    /// All layers float.
+    pub fn float() -> Self {
+        Self::default()
+    }
+
+    /// The kind of layer `name` (float when absent).
+    pub fn get(&self, name: &str) -> LayerQuant {
+        self.layers.get(name).cloned().unwrap_or_default()
+    }
+}
 
 /// What kind of weight layer a named layer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,10 +41,37 @@ pub struct LayerInfo {
     pub name: String,
     /// The module path of the layer inside the model record (`layers.0`, `conv2`).
     pub path: String,
+    /// The module path of burn's float layer inside it, whose `.weight`/`.bias` are the latent
+    /// parameters (`layers.0.inner`).
+    pub param_path: String,
     /// Linear or Conv2d.
     pub kind: LayerKind,
     /// Weight shape as burn stores it.
     pub weight_shape: Vec<usize>,
+}
+
+impl LayerInfo {
+    /// A quench layer `name` at module `path` (burn's layer is its `inner` field).
+    pub fn new(name: String, path: String, kind: LayerKind, weight_shape: Vec<usize>) -> Self {
+        let param_path = format!("{path}.inner");
+        Self {
+            name,
+            path,
+            param_path,
+            kind,
+            weight_shape,
+        }
+    }
+
+    /// Path of the latent weight parameter (`Mlp.layers.0.inner.weight`).
+    pub fn weight_path(&self) -> String {
+        format!("{}.weight", self.param_path)
+    }
+
+    /// Path of the bias parameter.
+    pub fn bias_path(&self) -> String {
+        format!("{}.bias", self.param_path)
+    }
 }
 
 /// Returns the layers whose names match `pattern` (glob syntax: `*`, `?`, `[..]`).
@@ -57,15 +107,17 @@ mod tests {
     fn layers() -> Vec<LayerInfo> {
         ["conv1", "conv2", "fc1", "fc2", "fc3"]
             .iter()
-            .map(|n| LayerInfo {
-                name: n.to_string(),
-                path: n.to_string(),
-                kind: if n.starts_with("conv") {
-                    LayerKind::Conv2d
-                } else {
-                    LayerKind::Linear
-                },
-                weight_shape: vec![1, 1],
+            .map(|n| {
+                LayerInfo::new(
+                    n.to_string(),
+                    n.to_string(),
+                    if n.starts_with("conv") {
+                        LayerKind::Conv2d
+                    } else {
+                        LayerKind::Linear
+                    },
+                    vec![1, 1],
+                )
             })
             .collect()
     }

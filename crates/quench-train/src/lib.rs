@@ -3,7 +3,9 @@
 
 pub mod checkpoint;
 pub mod device;
+pub mod distill;
 pub mod eval;
+pub mod export;
 pub mod logger;
 pub mod optim;
 pub mod params;
@@ -23,6 +25,18 @@ use std::path::PathBuf;
 /// Everything that can stop a run; each message names the file, key or step.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// Export or reading an export file failed.
+    #[error("export: {0}")]
+    Export(String),
+    /// Pruning failed (spec, masks).
+    #[error("pruning: {0}")]
+    Prune(#[from] quench_prune::PruneError),
+    /// Distillation failed (teacher, cache).
+    #[error("distillation: {0}")]
+    Distill(#[from] quench_distill::DistillError),
+    /// The model could not be built.
+    #[error(transparent)]
+    Model(#[from] quench_models::ModelError),
     /// The recipe is invalid.
     #[error(transparent)]
     Recipe(#[from] RecipeError),

@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use quench_models::ClassifierConfig;
+use quench_distill::{DistillError, DistillSpec};
+use quench_models::{ClassifierConfig, LayerKind, LayerPlan, LayerQuant, select_layers};
+use quench_prune::{PruneError, PruneSpec};
+use quench_quant::{QuantError, QuantSpec};
 use serde::{Deserialize, Serialize};
 
 /// Why a recipe could not be loaded; every variant names the file or the dotted key.
@@ -78,12 +81,124 @@ pub struct Experiment {
     pub model: ClassifierConfig,
     /// Optimisation.
     pub train: TrainConfig,
+    /// Quantization per layer (QAT, ternary, binary); empty = all float.
+    #[serde(default, skip_serializing_if = "QuantConfig::is_empty")]
+    pub quant: QuantConfig,
+    /// Pruning (masks, criterion, schedule); absent = dense.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<PruneSpec>,
+    /// Distillation from a teacher checkpoint; absent = plain cross-entropy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillSpec>,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
     /// Checkpointing.
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+}
+
+/// The prunable layers of a model (quench layers keep burn's layer in `inner`).
+pub fn prune_layers(infos: &[quench_models::LayerInfo]) -> Vec<quench_prune::PruneLayer> {
+    infos
+        .iter()
+        .map(|i| match i.kind {
+            LayerKind::Linear => quench_prune::PruneLayer::linear(
+                i.name.clone(),
+                i.weight_path(),
+                Some(i.bias_path()),
+                [i.weight_shape[0], i.weight_shape[1]],
+            ),
+            LayerKind::Conv2d => quench_prune::PruneLayer::conv2d(
+                i.name.clone(),
+                i.weight_path(),
+                Some(i.bias_path()),
+                [
+                    i.weight_shape[0],
+                    i.weight_shape[1],
+                    i.weight_shape[2],
+                    i.weight_shape[3],
+                ],
+            ),
+        })
+        .collect()
+}
+
+fn prune_error_parts(e: &PruneError) -> (String, String, String) {
+    match e {
+        PruneError::Invalid {
+            field,
+            value,
+            reason,
+        } => (format!("prune.{field}"), value.clone(), reason.clone()),
+        PruneError::NoMatchingLayer { pattern, .. } => (
+            "prune.layers".into(),
+            format!("\"{pattern}\""),
+            e.to_string(),
+        ),
+        PruneError::ScheduleEndsBeforeStart { end_step, .. } => {
+            ("prune.end_step".into(), end_step.to_string(), e.to_string())
+        }
+        PruneError::NotDivisible { .. } => ("prune.m".into(), String::new(), e.to_string()),
+        PruneError::AllUnitsPruned { sparsity, .. } => (
+            "prune.target_sparsity".into(),
+            sparsity.to_string(),
+            e.to_string(),
+        ),
+        other => ("prune".into(), String::new(), other.to_string()),
+    }
+}
+
+/// `[quant]`: which layers are quantized and how. Rules apply in order; a later rule that
+/// matches a layer replaces an earlier one (so `"*"` first, then exceptions).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantConfig {
+    /// `[[quant.layers]]` rules.
+    #[serde(default)]
+    pub layers: Vec<QuantRule>,
+}
+
+impl QuantConfig {
+    /// No rule: an all-float model.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+}
+
+/// What a `[[quant.layers]]` rule makes of the layers it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantKind {
+    /// Fake quantization with the rule's `weight` / `input` specs.
+    #[default]
+    Qat,
+    /// Left in f32.
+    Float,
+    /// BitNet b1.58 ternary weights, 8-bit absmax activations.
+    Ternary,
+    /// BitNet b1 binary weights, 8-bit absmax activations.
+    Binary,
+}
+
+/// One `[[quant.layers]]` rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantRule {
+    /// Layer-name glob (`"*"`, `"fc1"`, `"conv?"`).
+    pub pattern: String,
+    /// `qat` (default), `float`, `ternary`, `binary`.
+    #[serde(default)]
+    pub kind: QuantKind,
+    /// Weight spec (qat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<QuantSpec>,
+    /// Input-activation spec (qat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<QuantSpec>,
+    /// Ternary/binary: RMSNorm of the layer input (SubLN).
+    #[serde(default)]
+    pub norm: bool,
 }
 
 fn default_device() -> String {
@@ -439,7 +554,113 @@ impl Experiment {
         self.model
             .validate(28 * 28, 10)
             .map_err(|e| invalid("model", format!("{:?}", self.model), &e.to_string()))?;
+        self.layer_plan_at(path)?;
+        if let Some(p) = &self.prune {
+            // The pruner checks the spec and its fit to the model's layers (patterns, N:M
+            // divisibility, structured pruning leaving at least one unit).
+            let layers = prune_layers(&self.model.layer_infos(28 * 28, 10));
+            quench_prune::Pruner::new(p.clone(), &layers).map_err(|e| {
+                let (key, value, detail) = prune_error_parts(&e);
+                invalid(&key, value, &detail)
+            })?;
+        }
+        if let Some(d) = &self.distill {
+            d.validate().map_err(|e| {
+                let key = match &e {
+                    DistillError::Temperature { .. } => "distill.temperature",
+                    DistillError::Alpha { .. } => "distill.alpha",
+                    _ => "distill",
+                };
+                invalid(key, String::new(), &e.to_string())
+            })?;
+        }
         Ok(())
+    }
+
+    /// Resolves `[[quant.layers]]` against the model's layer names into a per-layer plan.
+    pub fn layer_plan(&self) -> Result<LayerPlan, RecipeError> {
+        self.layer_plan_at(Path::new("<recipe>"))
+    }
+
+    fn layer_plan_at(&self, path: &Path) -> Result<LayerPlan, RecipeError> {
+        let invalid = |key: String, value: String, detail: String| RecipeError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            value,
+            detail,
+        };
+        let infos = self.model.layer_infos(28 * 28, 10);
+        let mut plan = LayerPlan::float();
+        for (i, rule) in self.quant.layers.iter().enumerate() {
+            let key = format!("quant.layers[{i}]");
+            let hits = select_layers(&infos, &rule.pattern).map_err(|e| {
+                invalid(
+                    format!("{key}.pattern"),
+                    format!("\"{}\"", rule.pattern),
+                    e.to_string(),
+                )
+            })?;
+            let kind = match rule.kind {
+                QuantKind::Float => LayerQuant::Float,
+                QuantKind::Ternary => LayerQuant::Ternary { norm: rule.norm },
+                QuantKind::Binary => LayerQuant::Binary { norm: rule.norm },
+                QuantKind::Qat => {
+                    if rule.weight.is_none() && rule.input.is_none() {
+                        return Err(invalid(
+                            format!("{key}.kind"),
+                            "\"qat\"".into(),
+                            "a qat rule needs a `weight` and/or an `input` spec".into(),
+                        ));
+                    }
+                    LayerQuant::Qat {
+                        weight: rule.weight.clone(),
+                        input: rule.input.clone(),
+                    }
+                }
+            };
+            if rule.kind != QuantKind::Qat && (rule.weight.is_some() || rule.input.is_some()) {
+                return Err(invalid(
+                    format!("{key}.weight"),
+                    format!("{:?}", rule.kind).to_lowercase(),
+                    "weight/input specs apply only to kind = \"qat\"".into(),
+                ));
+            }
+            for (operand, spec) in [("weight", &rule.weight), ("input", &rule.input)] {
+                if let Some(spec) = spec {
+                    spec.validate().map_err(|e| {
+                        let QuantError::Invalid {
+                            field,
+                            value,
+                            reason,
+                        } = e;
+                        invalid(format!("{key}.{operand}.{field}"), value, reason)
+                    })?;
+                }
+            }
+            for info in hits {
+                if let Some(spec) = &rule.weight {
+                    let axis = if info.kind == LayerKind::Linear { 1 } else { 0 };
+                    spec.validate_for_shape(&info.weight_shape, axis)
+                        .map_err(|e| {
+                            let QuantError::Invalid {
+                                field,
+                                value,
+                                reason,
+                            } = e;
+                            invalid(
+                                format!("{key}.weight.{field}"),
+                                value,
+                                format!(
+                                    "{reason} (layer {}, weight {:?})",
+                                    info.name, info.weight_shape
+                                ),
+                            )
+                        })?;
+                }
+                plan.layers.insert(info.name.clone(), kind.clone());
+            }
+        }
+        Ok(plan)
     }
 
     /// The recipe as TOML (what checkpoints and `run.toml` store).

@@ -25,12 +25,14 @@ use serde::Serialize;
 use crate::TrainError;
 use crate::checkpoint::{self, Checkpoint, CheckpointMeta, EpochRecord};
 use crate::device::resolve_device;
+use crate::distill::Distiller;
 use crate::logger::Logger;
 use crate::optim::{build_optimizer, build_scheduler};
 use crate::params::float_params;
 use crate::progress::{Progress, ProgressMode};
-use crate::recipe::Experiment;
+use crate::recipe::{Experiment, prune_layers};
 use crate::tensorboard::TensorBoardSink;
+use quench_prune::Pruner;
 
 /// Optimizer steps at the start of a process excluded from the steady-state throughput.
 const WARMUP_STEPS: usize = 10;
@@ -67,6 +69,29 @@ pub struct Summary {
     pub params: usize,
     /// Bytes of the parameters as f32.
     pub model_bytes_fp32: usize,
+    /// Bytes of the model as `quench export` packs it (quantized models only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_bytes_packed: Option<usize>,
+    /// Per layer: `float`, `w4a8`, `ternary`, … .
+    pub layer_bits: std::collections::BTreeMap<String, String>,
+    /// Fraction of the pruned layers' weights that are zero (pruned runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparsity: Option<f64>,
+    /// Nonzero weights and biases of the whole model (pruned runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nonzero_params: Option<usize>,
+    /// Bytes of the model in the sparse format (bitmask + nonzero f32 values per tensor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_bytes_sparse: Option<usize>,
+    /// Per pruned layer: its sparsity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_sparsity: Option<std::collections::BTreeMap<String, f64>>,
+    /// Teacher test accuracy (distillation runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teacher_test_accuracy: Option<f64>,
+    /// Soft-loss weight α and temperature T (distillation runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillUsed>,
     /// Directory of the TensorBoard event files.
     pub tensorboard_dir: PathBuf,
     /// The final checkpoint (accepted by `quench eval`).
@@ -81,6 +106,21 @@ pub struct Summary {
     pub resumed_from_epoch: Option<usize>,
     /// Per-epoch metrics.
     pub history: Vec<EpochRecord>,
+}
+
+/// The distillation settings a run used.
+#[derive(Debug, Clone, Serialize)]
+pub struct DistillUsed {
+    /// Teacher checkpoint.
+    pub teacher: PathBuf,
+    /// Temperature.
+    pub temperature: f64,
+    /// Weight of the soft (KL·T²) loss.
+    pub soft_weight: f64,
+    /// Weight of the hard-label cross-entropy (1 − α).
+    pub hard_weight: f64,
+    /// Whether cached logits were used.
+    pub cached_logits: bool,
 }
 
 /// Training and test data for an image experiment.
@@ -106,6 +146,33 @@ pub fn load_image_data(exp: &Experiment) -> Result<ImageData, TrainError> {
         (train, None)
     };
     Ok(ImageData { train, val, test })
+}
+
+/// Per quantized layer: scale / zero-point / clip scalars, the weight quantization error and,
+/// for ternary / binary layers, the fractions of −1 / 0 / +1 codes.
+fn log_quant(logger: &mut Logger, model: &Classifier, step: u64) -> std::io::Result<()> {
+    for (info, _, r) in model.quant_reports() {
+        let name = &info.name;
+        let fields = [
+            ("weight_scale", r.weight_scale),
+            ("weight_zero_point", r.weight_zero_point),
+            ("input_scale", r.input_scale),
+            ("input_zero_point", r.input_zero_point),
+            ("input_clip", r.input_clip),
+            ("weight_error", r.weight_error),
+        ];
+        for (what, v) in fields {
+            if let Some(v) = v {
+                logger.scalar(&format!("quant/{name}/{what}"), v as f64, step)?;
+            }
+        }
+        if let Some([neg, zero, pos]) = r.ternary_fractions {
+            logger.scalar(&format!("ternary/{name}/frac_neg"), neg as f64, step)?;
+            logger.scalar(&format!("ternary/{name}/frac_zero"), zero as f64, step)?;
+            logger.scalar(&format!("ternary/{name}/frac_pos"), pos as f64, step)?;
+        }
+    }
+    Ok(())
 }
 
 /// Mean cross-entropy and accuracy of `model` over `set` (inference only, no autodiff).
@@ -135,6 +202,12 @@ fn count_correct(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1, Int> {
     logits.argmax(1).equal(labels.reshape([b, 1])).int().sum()
 }
 
+/// Builds the recipe's model (each layer float / QAT / ternary / binary per `[quant]`).
+pub fn build_model(exp: &Experiment, device: &Device) -> Result<Classifier, TrainError> {
+    let plan = exp.layer_plan()?;
+    Ok(exp.model.init(28 * 28, 10, &plan, device)?)
+}
+
 /// Builds the classifier on `device` and loads the model section of `ckpt` into it.
 pub fn model_from_checkpoint(
     exp: &Experiment,
@@ -142,7 +215,7 @@ pub fn model_from_checkpoint(
     ckpt_path: &Path,
     device: &Device,
 ) -> Result<Classifier, TrainError> {
-    let model = exp.model.init(28 * 28, 10, device);
+    let model = build_model(exp, device)?;
     let bytes = ckpt.section("model").ok_or_else(|| {
         TrainError::Checkpoint(checkpoint::CheckpointError::Corrupt {
             path: ckpt_path.to_path_buf(),
@@ -222,7 +295,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
 
     device.seed(exp.seed);
     let train_device = device.clone().autodiff();
-    let mut model = exp.model.init(28 * 28, 10, &train_device);
+    let mut model = build_model(exp, &train_device)?;
     let t = &exp.train;
     let batches_per_epoch = if t.drop_last {
         data.train.len() / t.batch_size
@@ -239,6 +312,22 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
     let total_steps = batches_per_epoch * t.epochs;
     let mut optim = build_optimizer(t);
     let mut scheduler = build_scheduler(t, total_steps)?;
+    let mut pruner = match &exp.prune {
+        Some(spec) => Some(Pruner::new(
+            spec.clone(),
+            &prune_layers(&model.layer_infos()),
+        )?),
+        None => None,
+    };
+    // Lottery-ticket rewinding needs the weights the run started from.
+    let rewind_to = pruner
+        .as_ref()
+        .filter(|p| p.spec().rewind)
+        .map(|_| model.clone());
+    let distiller = match &exp.distill {
+        Some(spec) => Some(Distiller::new(spec, &data, &device)?),
+        None => None,
+    };
 
     let mut progress = Progress::new(opts.progress);
     let mut start_epoch = 0usize;
@@ -282,6 +371,9 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
                     TrainError::Record(format!("{}: scheduler: {e:?}", path.display()))
                 })?;
                 scheduler = scheduler.load_record(srec);
+                if let Some(p) = pruner.as_mut() {
+                    p.resume_from_module(ckpt.meta.global_step, &model)?;
+                }
                 start_epoch = ckpt.meta.epoch;
                 global_step = ckpt.meta.global_step;
                 history = ckpt.meta.history.clone();
@@ -335,6 +427,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
         let mut window_correct = 0i64;
         let mut window_samples = 0usize;
         let mut window_time = 0.0f64;
+        let mut kd_window = (0.0f64, 0.0f64, 0.0f64, 0usize);
         progress.start_epoch(epoch + 1, t.epochs, batches_per_epoch as u64);
         for (bi, idx) in order.chunks(t.batch_size).enumerate() {
             if bi >= batches_per_epoch {
@@ -344,11 +437,47 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
             let lr = scheduler.step();
             let lr_value = lr.base();
             let batch = data.train.batch(idx, &train_device);
+            let teacher_logits = distiller.as_ref().map(|d| d.logits(idx, &batch.images));
             let logits = model.forward(batch.images);
-            let loss = loss_fn.forward(logits.clone(), batch.labels.clone());
+            let (loss, kd_parts) = match (&distiller, teacher_logits) {
+                (Some(d), Some(t)) => {
+                    let out =
+                        d.kd.forward(logits.clone(), t.clone(), batch.labels.clone());
+                    let agree = quench_distill::agreement(logits.clone().detach(), t);
+                    (
+                        out.total,
+                        Some((
+                            out.soft.into_scalar::<f32>(),
+                            out.hard.into_scalar::<f32>(),
+                            agree,
+                        )),
+                    )
+                }
+                _ => (loss_fn.forward(logits.clone(), batch.labels.clone()), None),
+            };
             let correct = count_correct(logits.detach(), batch.labels);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
+            if let Some(p) = pruner.as_mut() {
+                let step = global_step + 1;
+                p.update_module(step, &model)?;
+                if p.schedule().rewind_at(step)
+                    && let Some(init) = &rewind_to
+                {
+                    // Lottery ticket: surviving weights back to their initial values, fresh Adam.
+                    model = quench_prune::rewind_module(init, p.masks())?;
+                    optim = build_optimizer(t);
+                }
+                if !p.masks().is_empty() {
+                    model = quench_prune::apply_masks_to_module(model, p.masks())?;
+                }
+            }
+            if let Some((soft, hard, agree)) = kd_parts {
+                kd_window.0 += soft as f64;
+                kd_window.1 += hard as f64;
+                kd_window.2 += agree as f64;
+                kd_window.3 += 1;
+            }
             let loss_value = loss.into_scalar::<f32>() as f64;
             let correct_value = correct.into_scalar::<i64>();
             let dt = step_start.elapsed().as_secs_f64();
@@ -394,6 +523,47 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
                 logger
                     .scalar("throughput/samples_per_sec", sps, global_step)
                     .map_err(log_io)?;
+                if kd_window.3 > 0 {
+                    let k = kd_window.3 as f64;
+                    logger
+                        .scalar("distill/soft_loss", kd_window.0 / k, global_step)
+                        .map_err(log_io)?;
+                    logger
+                        .scalar("distill/hard_loss", kd_window.1 / k, global_step)
+                        .map_err(log_io)?;
+                    logger
+                        .scalar("distill/agreement", kd_window.2 / k, global_step)
+                        .map_err(log_io)?;
+                    if let Some(d) = &distiller {
+                        logger
+                            .scalar("distill/temperature", d.kd.temperature, global_step)
+                            .map_err(log_io)?;
+                    }
+                    kd_window = (0.0, 0.0, 0.0, 0);
+                }
+                if let Some(p) = &pruner {
+                    let r = p.report();
+                    logger
+                        .scalar(
+                            "prune/target_sparsity",
+                            p.schedule().target(global_step),
+                            global_step,
+                        )
+                        .map_err(log_io)?;
+                    logger
+                        .scalar("prune/sparsity", r.sparsity, global_step)
+                        .map_err(log_io)?;
+                    for l in &r.layers {
+                        let name = layer_names
+                            .iter()
+                            .find(|(path, _)| l.key.starts_with(&format!("{path}.")))
+                            .map_or(l.key.as_str(), |(_, n)| n.as_str());
+                        logger
+                            .scalar(&format!("prune/{name}/sparsity"), l.sparsity, global_step)
+                            .map_err(log_io)?;
+                    }
+                }
+                log_quant(&mut logger, &model.valid(), global_step).map_err(log_io)?;
                 progress.step(bi as u64 + 1, global_step, l, a, sps);
                 window_loss = 0.0;
                 window_correct = 0;
@@ -415,7 +585,13 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
                     .iter()
                     .find(|(path, _)| p.path.starts_with(&format!("{path}.")))
                 {
-                    Some((path, name)) => format!("params/{name}/{}", &p.path[path.len() + 1..]),
+                    Some((path, name)) => {
+                        let rest = &p.path[path.len() + 1..];
+                        format!(
+                            "params/{name}/{}",
+                            rest.strip_prefix("inner.").unwrap_or(rest)
+                        )
+                    }
                     None => format!("params/{}", p.path),
                 };
                 logger
@@ -477,7 +653,66 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
     let final_model = model.valid();
     let (test_loss, test_accuracy) = evaluate(&final_model, &data.test, 1000, &device);
     let checkpoint = last_ckpt.ok_or_else(|| TrainError::Config("no epoch was trained".into()))?;
-    let params = final_model.num_params();
+    // The model's own weights and biases (quantizer steps, norms and observers excluded).
+    let exported = final_model.export_layers();
+    let params: usize = exported
+        .iter()
+        .map(|l| {
+            l.info.weight_shape.iter().product::<usize>() + l.bias.as_ref().map_or(0, |b| b.len())
+        })
+        .sum();
+    let quantized = exported
+        .iter()
+        .any(|l| !matches!(l.kind, quench_models::LayerQuant::Float));
+    let model_bytes_packed = if quantized {
+        Some(crate::export::packed_bytes(&final_model)?)
+    } else {
+        None
+    };
+    let (sparsity, nonzero_params, model_bytes_sparse, layer_sparsity) = match &pruner {
+        Some(p) => {
+            let mut nonzero = 0usize;
+            let mut sparse_bytes = 0usize;
+            let mut per_layer = std::collections::BTreeMap::new();
+            let (mut zeros, mut total) = (0usize, 0usize);
+            let pruned: std::collections::BTreeSet<&str> =
+                p.layers().iter().map(|l| l.name.as_str()).collect();
+            for l in &exported {
+                let mut tensors = Vec::new();
+                if let quench_quant::layer::ExportedWeight::Float(w) = &l.weight {
+                    tensors.push((w.clone(), l.info.weight_shape.clone(), true));
+                }
+                if let Some(b) = &l.bias {
+                    tensors.push((b.clone(), vec![b.len()], false));
+                }
+                for (values, shape, is_weight) in tensors {
+                    let nz = values.iter().filter(|v| **v != 0.0).count();
+                    nonzero += nz;
+                    let enc = quench_prune::SparseTensor::encode(&values, &shape)?;
+                    sparse_bytes += enc.encoded_bytes();
+                    if is_weight && pruned.contains(l.info.name.as_str()) {
+                        zeros += values.len() - nz;
+                        total += values.len();
+                        per_layer.insert(
+                            l.info.name.clone(),
+                            (values.len() - nz) as f64 / values.len().max(1) as f64,
+                        );
+                    }
+                }
+            }
+            (
+                Some(zeros as f64 / total.max(1) as f64),
+                Some(nonzero),
+                Some(sparse_bytes),
+                Some(per_layer),
+            )
+        }
+        None => (None, None, None, None),
+    };
+    let layer_bits = exported
+        .iter()
+        .map(|l| (l.info.name.clone(), l.kind.label()))
+        .collect();
     let summary = Summary {
         experiment: exp.name.clone(),
         model: exp.model.describe(28 * 28, 10),
@@ -492,6 +727,20 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
         },
         params,
         model_bytes_fp32: params * 4,
+        model_bytes_packed,
+        layer_bits,
+        sparsity,
+        nonzero_params,
+        model_bytes_sparse,
+        layer_sparsity,
+        teacher_test_accuracy: distiller.as_ref().map(|d| d.teacher_test_accuracy),
+        distill: exp.distill.as_ref().map(|d| DistillUsed {
+            teacher: d.teacher.clone(),
+            temperature: d.temperature,
+            soft_weight: d.alpha,
+            hard_weight: 1.0 - d.alpha,
+            cached_logits: d.cache_logits,
+        }),
         tensorboard_dir: tb_dir.clone(),
         checkpoint,
         device: exp.device.clone(),

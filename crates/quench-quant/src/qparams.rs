@@ -1,0 +1,607 @@
+//! Scales and zero-points: which elements share one (the layout of a granularity) and how they
+//! follow from a `(min, max)` range.
+//!
+//! Every granularity is expressed as a reshape of the tensor into a rank-4 *view*
+//! `[P, G, S, Q]` (no data movement) plus a *stat shape* with 1s on the reduced axes, so a
+//! per-scale tensor broadcasts onto the view with plain elementwise ops:
+//!
+//! | granularity           | view                              | stat shape       |
+//! |-----------------------|-----------------------------------|------------------|
+//! | per_tensor            | `[1, 1, N, 1]`                    | `[1, 1, 1, 1]`   |
+//! | per_channel (axis a)  | `[pre, C, 1, post]`               | `[1, C, 1, 1]`   |
+//! | per_group (axis a, g) | `[pre, d_a/g, g, post]`           | `[pre, d_a/g, 1, post]` |
+//! | per_token             | `[T, 1, last, 1]`                 | `[T, 1, 1, 1]`   |
+//!
+//! (`pre`/`post` are the products of the dims before/after `a`; `T` of all dims but the last.)
+//! Per-group therefore groups `g` *consecutive* elements along the input axis `a` — for burn's
+//! `Linear` weight `[d_in, d_out]` that is axis 0 — separately for every index of the other axes.
+//! Flattened per-scale vectors are in the row-major order of the stat shape.
+
+use burn::tensor::Tensor;
+
+use crate::error::QuantError;
+use crate::spec::{Granularity, QuantSpec};
+
+/// Smallest scale ever used, so an all-zero range does not divide by zero.
+pub const MIN_SCALE: f32 = f32::EPSILON;
+
+/// How a tensor of a given shape is split into groups that share one scale (see module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuantLayout {
+    granularity: Granularity,
+    shape: Vec<usize>,
+    view: [usize; 4],
+}
+
+impl QuantLayout {
+    /// The layout of `granularity` on `shape`; `axis` is the channel axis (per_channel) or the
+    /// input axis the groups run along (per_group), ignored otherwise.
+    pub fn new(
+        shape: &[usize],
+        granularity: Granularity,
+        axis: usize,
+        group_size: Option<usize>,
+    ) -> Result<Self, QuantError> {
+        if shape.is_empty() || shape.contains(&0) {
+            return Err(QuantError::invalid(
+                "shape",
+                format!("{shape:?}"),
+                "cannot quantize an empty tensor",
+            ));
+        }
+        let numel: usize = shape.iter().product();
+        let uses_axis = matches!(granularity, Granularity::PerChannel | Granularity::PerGroup);
+        if uses_axis && axis >= shape.len() {
+            return Err(QuantError::invalid(
+                "axis",
+                axis,
+                format!(
+                    "out of range for a rank-{} tensor of shape {shape:?}",
+                    shape.len()
+                ),
+            ));
+        }
+        let pre: usize = shape[..axis.min(shape.len())].iter().product();
+        let post: usize = shape[(axis + 1).min(shape.len())..].iter().product();
+        let view = match granularity {
+            Granularity::PerTensor => [1, 1, numel, 1],
+            Granularity::PerChannel => [pre, shape[axis], 1, post],
+            Granularity::PerGroup => {
+                let g = group_size.unwrap_or(0);
+                if g == 0 {
+                    return Err(QuantError::invalid(
+                        "group_size",
+                        g,
+                        "per_group needs a group_size of at least 1",
+                    ));
+                }
+                let d = shape[axis];
+                if !d.is_multiple_of(g) {
+                    return Err(QuantError::invalid(
+                        "group_size",
+                        g,
+                        format!(
+                            "does not divide the input dimension {d} (axis {axis} of shape {shape:?})"
+                        ),
+                    ));
+                }
+                [pre, d / g, g, post]
+            }
+            Granularity::PerToken => {
+                let last = shape[shape.len() - 1];
+                [numel / last, 1, last, 1]
+            }
+        };
+        Ok(Self {
+            granularity,
+            shape: shape.to_vec(),
+            view,
+        })
+    }
+
+    /// The layout `spec` gives a tensor of `shape`, with `axis` as in [`QuantLayout::new`].
+    pub fn for_spec(spec: &QuantSpec, shape: &[usize], axis: usize) -> Result<Self, QuantError> {
+        Self::new(shape, spec.granularity, axis, spec.group_size)
+    }
+
+    /// The granularity this layout implements.
+    pub fn granularity(&self) -> Granularity {
+        self.granularity
+    }
+
+    /// The tensor shape this layout was made for.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The rank-4 view the tensor is reshaped to.
+    pub fn view_shape(&self) -> [usize; 4] {
+        self.view
+    }
+
+    /// The shape of per-scale tensors: the view with 1s on the reduced axes.
+    pub fn stat_shape(&self) -> [usize; 4] {
+        let [p, g, _, q] = self.view;
+        match self.granularity {
+            Granularity::PerChannel => [1, g, 1, 1],
+            _ => [p, g, 1, q],
+        }
+    }
+
+    /// How many scales this layout has.
+    pub fn num_scales(&self) -> usize {
+        self.stat_shape().iter().product()
+    }
+
+    /// How many elements share each scale.
+    pub fn per_scale(&self) -> usize {
+        self.shape.iter().product::<usize>() / self.num_scales()
+    }
+
+    /// Reshapes `x` (of this layout's shape) to the rank-4 view.
+    pub fn view<const D: usize>(&self, x: Tensor<D>) -> Tensor<4> {
+        debug_assert_eq!(x.dims().as_slice(), self.shape.as_slice());
+        x.reshape(self.view)
+    }
+
+    /// Reshapes a view back to the tensor's own shape.
+    pub fn unview<const D: usize>(&self, v: Tensor<4>) -> Tensor<D> {
+        let mut dims = [0; D];
+        dims.copy_from_slice(&self.shape);
+        v.reshape(dims)
+    }
+
+    /// Broadcastable per-scale tensor (stat shape) from a flat per-scale vector.
+    pub fn broadcast(&self, flat: Tensor<1>) -> Tensor<4> {
+        flat.reshape(self.stat_shape())
+    }
+
+    /// `x` as a `[num_scales, per_scale]` matrix, one row per scale (for statistics; per-channel
+    /// and per-group with trailing axes need a transpose copy).
+    pub fn rows<const D: usize>(&self, x: Tensor<D>) -> Tensor<2> {
+        let [p, g, s, q] = self.view;
+        match self.granularity {
+            Granularity::PerChannel => x.reshape([p, g, q]).swap_dims(0, 1).reshape([g, p * q]),
+            _ if q == 1 => x.reshape([p * g, s]),
+            _ => x
+                .reshape([p, g, s, q])
+                .swap_dims(2, 3)
+                .reshape([p * g * q, s]),
+        }
+    }
+
+    /// Per-scale `(min, max)` of `x`, flattened in stat-shape order.
+    ///
+    /// Reduces along the tensor's own axes (no transpose copy): the contiguous trailing axis
+    /// first, where the reduction is a vectorized row scan.
+    pub fn min_max<const D: usize>(&self, x: Tensor<D>) -> (Tensor<1>, Tensor<1>) {
+        let n = self.num_scales();
+        let [p, g, s, q] = self.view;
+        match self.granularity {
+            Granularity::PerTensor => {
+                let x = x.reshape([p * g * s * q]);
+                (x.clone().min(), x.max())
+            }
+            Granularity::PerChannel if p == 1 && q == 1 => {
+                let x = x.reshape([n]);
+                (x.clone(), x)
+            }
+            Granularity::PerChannel if q == 1 => {
+                let x = x.reshape([p, g]);
+                (x.clone().min_dim(0).reshape([n]), x.max_dim(0).reshape([n]))
+            }
+            Granularity::PerChannel if p == 1 => {
+                let x = x.reshape([g, q]);
+                (x.clone().min_dim(1).reshape([n]), x.max_dim(1).reshape([n]))
+            }
+            Granularity::PerChannel => {
+                let x = x.reshape([p, g, q]);
+                (
+                    x.clone().min_dim(2).min_dim(0).reshape([n]),
+                    x.max_dim(2).max_dim(0).reshape([n]),
+                )
+            }
+            _ if q == 1 => {
+                let x = x.reshape([p * g, s]);
+                (x.clone().min_dim(1).reshape([n]), x.max_dim(1).reshape([n]))
+            }
+            _ => {
+                let x = x.reshape(self.view);
+                (x.clone().min_dim(2).reshape([n]), x.max_dim(2).reshape([n]))
+            }
+        }
+    }
+
+    /// The shape of per-scale tensors in the tensor's own rank `D`, when one broadcasts onto the
+    /// tensor without the rank-4 view (every granularity but per-group): fake quantization then
+    /// needs no reshape of the operand.
+    pub(crate) fn native_stat_dims<const D: usize>(&self) -> Option<[usize; D]> {
+        if D != self.shape.len() {
+            return None;
+        }
+        let mut dims = [1; D];
+        match self.granularity {
+            Granularity::PerTensor => Some(dims),
+            Granularity::PerToken => {
+                dims.copy_from_slice(&self.shape);
+                dims[D - 1] = 1;
+                Some(dims)
+            }
+            Granularity::PerChannel => {
+                // The channel axis: the one whose leading product is `pre` and size is `C`
+                // (any choice among equivalent size-1 positions broadcasts the same).
+                let [pre, c, _, _] = self.view;
+                let mut lead = 1;
+                for (i, &d) in self.shape.iter().enumerate() {
+                    if lead == pre && d == c {
+                        dims[i] = c;
+                        return Some(dims);
+                    }
+                    lead *= d;
+                }
+                None
+            }
+            Granularity::PerGroup => None,
+        }
+    }
+}
+
+/// Per-scale `(min, max)` of `x` in the stat shape of its layout, i.e. broadcastable onto
+/// `QuantLayout::view(x)` (per-group ranges cannot broadcast onto `x` itself without the view).
+pub fn reduce_min_max<const D: usize>(
+    x: Tensor<D>,
+    granularity: Granularity,
+    axis: usize,
+    group_size: Option<usize>,
+) -> Result<(Tensor<4>, Tensor<4>), QuantError> {
+    let layout = QuantLayout::new(&x.dims(), granularity, axis, group_size)?;
+    let (min, max) = layout.min_max(x);
+    Ok((layout.broadcast(min), layout.broadcast(max)))
+}
+
+/// Scale and zero-point (as a float tensor of integers) for the range `[min, max]` under `spec`.
+///
+/// The range is first widened to include 0 (so 0 is exactly representable: padding and ReLU
+/// zeros stay exact). Then, with `(qmin, qmax) = spec.qrange()`:
+/// * signed symmetric: `s = max(|min|, |max|) / ((qmax - qmin) / 2)`, `zp = 0` (torch's
+///   convention: 127.5 for int8, 127 with a narrow range);
+/// * unsigned symmetric: `s = max / qmax`, `zp = 0` — the zero-point-free unsigned grid for
+///   non-negative inputs (torch would instead centre the grid at 128);
+/// * asymmetric: `s = (max - min) / (qmax - qmin)`, `zp = clamp(qmin - round(min / s), qmin, qmax)`.
+///
+/// `s` is never below [`MIN_SCALE`].
+pub fn qparams_from_range<const D: usize>(
+    min: Tensor<D>,
+    max: Tensor<D>,
+    spec: &QuantSpec,
+) -> (Tensor<D>, Tensor<D>) {
+    let (scale, zero_point) = scale_from_range(min, max, spec);
+    let zero_point = zero_point.unwrap_or_else(|| scale.zeros_like());
+    (scale, zero_point)
+}
+
+/// [`qparams_from_range`] without the all-zero zero-point of symmetric specs (`None`), so the
+/// fake-quant forward can skip adding and subtracting it.
+pub(crate) fn scale_from_range<const D: usize>(
+    min: Tensor<D>,
+    max: Tensor<D>,
+    spec: &QuantSpec,
+) -> (Tensor<D>, Option<Tensor<D>>) {
+    let (qmin, qmax) = spec.qrange();
+    let min = min.clamp_max(0.0);
+    let max = max.clamp_min(0.0);
+    if spec.symmetric {
+        let scale = if spec.signed {
+            let amax = min.abs().max_pair(max);
+            amax.div_scalar((qmax - qmin) as f32 / 2.0)
+        } else {
+            max.div_scalar(qmax as f32)
+        }
+        .clamp_min(MIN_SCALE);
+        (scale, None)
+    } else {
+        let scale = (max - min.clone())
+            .div_scalar((qmax - qmin) as f32)
+            .clamp_min(MIN_SCALE);
+        let zero_point = (min / scale.clone())
+            .round()
+            .neg()
+            .add_scalar(qmin)
+            .clamp(qmin, qmax);
+        (scale, Some(zero_point))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Granularity::*;
+    use crate::ste::fake_quantize;
+    use crate::ste::tests::{assert_close, t1, t2, vals};
+    use burn::tensor::{Device, TensorData};
+
+    fn t3(v: &[f32], shape: [usize; 3], d: &Device) -> Tensor<3> {
+        Tensor::from_data(TensorData::new(v.to_vec(), shape), d)
+    }
+
+    /// Fake-quantizes `x` with qparams from its own per-scale range (what a dynamic or freshly
+    /// observed quantizer does).
+    fn fq<const D: usize>(x: Tensor<D>, spec: &QuantSpec, axis: usize) -> Tensor<D> {
+        let layout = QuantLayout::for_spec(spec, &x.dims(), axis).unwrap();
+        let (min, max) = layout.min_max(x.clone());
+        let (s, zp) = qparams_from_range(min, max, spec);
+        let (qmin, qmax) = spec.qrange();
+        let y = fake_quantize(
+            layout.view(x),
+            layout.broadcast(s),
+            layout.broadcast(zp),
+            qmin,
+            qmax,
+        );
+        layout.unview(y)
+    }
+
+    fn spec(bits: u32, symmetric: bool, g: Granularity, group: Option<usize>) -> QuantSpec {
+        QuantSpec {
+            bits,
+            symmetric,
+            granularity: g,
+            group_size: group,
+            ..QuantSpec::default()
+        }
+    }
+
+    #[test]
+    fn layouts_shapes() {
+        let l = QuantLayout::new(&[2, 3, 4], PerChannel, 1, None).unwrap();
+        assert_eq!(
+            (l.view_shape(), l.stat_shape()),
+            ([2, 3, 1, 4], [1, 3, 1, 1])
+        );
+        assert_eq!((l.num_scales(), l.per_scale()), (3, 8));
+        let l = QuantLayout::new(&[8, 3], PerGroup, 0, Some(4)).unwrap();
+        assert_eq!(
+            (l.view_shape(), l.stat_shape()),
+            ([1, 2, 4, 3], [1, 2, 1, 3])
+        );
+        assert_eq!((l.num_scales(), l.per_scale()), (6, 4));
+        let l = QuantLayout::new(&[2, 3, 5], PerToken, 0, None).unwrap();
+        assert_eq!(l.stat_shape(), [6, 1, 1, 1]);
+        let l = QuantLayout::new(&[2, 3, 5], PerTensor, 7, None).unwrap();
+        assert_eq!((l.num_scales(), l.per_scale()), (1, 30));
+        assert!(QuantLayout::new(&[2, 0], PerTensor, 0, None).is_err());
+    }
+
+    #[test]
+    fn reduce_min_max_per_granularity() {
+        let d = Device::flex();
+        // [[1, -2, 3], [-4, 5, 0.5]]
+        let x = t2(&[1.0, -2.0, 3.0, -4.0, 5.0, 0.5], [2, 3], &d);
+        let (mn, mx) = reduce_min_max(x.clone(), PerTensor, 0, None).unwrap();
+        assert_eq!(mn.dims(), [1, 1, 1, 1]);
+        assert_eq!((vals(mn), vals(mx)), (vec![-4.0], vec![5.0]));
+        let (mn, mx) = reduce_min_max(x.clone(), PerChannel, 0, None).unwrap();
+        assert_eq!(mn.dims(), [1, 2, 1, 1]);
+        assert_eq!((vals(mn), vals(mx)), (vec![-2.0, -4.0], vec![3.0, 5.0]));
+        let (mn, mx) = reduce_min_max(x.clone(), PerChannel, 1, None).unwrap();
+        assert_eq!(mn.dims(), [1, 3, 1, 1]);
+        assert_eq!(
+            (vals(mn), vals(mx)),
+            (vec![-4.0, -2.0, 0.5], vec![1.0, 5.0, 3.0])
+        );
+        let (mn, mx) = reduce_min_max(x.clone(), PerToken, 0, None).unwrap();
+        assert_eq!((vals(mn), vals(mx)), (vec![-2.0, -4.0], vec![3.0, 5.0]));
+        // groups of 2 along axis 0 (the input axis of a [d_in, d_out] weight): per column
+        let x = t2(&[1.0, 2.0, -3.0, 4.0, 5.0, 6.0, 7.0, -8.0], [4, 2], &d);
+        let (mn, mx) = reduce_min_max(x, PerGroup, 0, Some(2)).unwrap();
+        assert_eq!(mn.dims(), [1, 2, 1, 2]);
+        // groups: col0 {1,-3} {5,7}; col1 {2,4} {6,-8}; order [group][col]
+        assert_eq!(
+            (vals(mn), vals(mx)),
+            (vec![-3.0, 2.0, 5.0, -8.0], vec![1.0, 4.0, 7.0, 6.0])
+        );
+        let e = reduce_min_max(t1(&[1.0; 6], &d), PerGroup, 0, Some(4)).unwrap_err();
+        assert_eq!(e.field(), "group_size");
+    }
+
+    #[test]
+    fn qparams_symmetric_asymmetric_and_unsigned() {
+        let d = Device::flex();
+        let s8 = QuantSpec::default();
+        let (s, zp) = qparams_from_range(t1(&[-2.55, 0.5], &d), t1(&[1.0, 1.275], &d), &s8);
+        // amax / 127.5; the second range is widened to include 0
+        assert_close(&vals(s), &[0.02, 0.01], 1e-7);
+        assert_eq!(vals(zp), vec![0.0, 0.0]);
+        let narrow = QuantSpec {
+            narrow_range: true,
+            ..s8.clone()
+        };
+        let (s, _) = qparams_from_range(t1(&[-2.54], &d), t1(&[1.0], &d), &narrow);
+        assert_close(&vals(s), &[0.02], 1e-7);
+        let unsigned = QuantSpec {
+            signed: false,
+            ..s8.clone()
+        };
+        let (s, zp) = qparams_from_range(t1(&[-1.0], &d), t1(&[5.1], &d), &unsigned);
+        assert_close(&vals(s), &[0.02], 1e-7);
+        assert_eq!(vals(zp), vec![0.0]);
+        // asymmetric uint4-style: [0, 15], range [-1, 2]: s = 0.2, zp = 0 - round(-5) = 5
+        let asym = QuantSpec {
+            bits: 4,
+            signed: false,
+            symmetric: false,
+            ..s8.clone()
+        };
+        let (s, zp) = qparams_from_range(t1(&[-1.0, 0.3], &d), t1(&[2.0, 3.3], &d), &asym);
+        // second: widened to [0, 3.3]: s = 0.22, zp = 0
+        assert_close(&vals(s), &[0.2, 0.22], 1e-7);
+        assert_eq!(vals(zp), vec![5.0, 0.0]);
+        // asymmetric signed int8: range [-1, 2.4]: s = 3.4/255, zp = -128 - round(-1/s) = -53
+        let asym8 = QuantSpec {
+            symmetric: false,
+            ..s8.clone()
+        };
+        let (s, zp) = qparams_from_range(t1(&[-1.0], &d), t1(&[2.4], &d), &asym8);
+        assert_close(&vals(s), &[3.4 / 255.0], 1e-7);
+        assert_eq!(vals(zp), vec![-53.0]);
+        // degenerate all-zero range
+        let (s, _) = qparams_from_range(t1(&[0.0], &d), t1(&[0.0], &d), &s8);
+        assert_eq!(vals(s), vec![MIN_SCALE]);
+    }
+
+    #[test]
+    fn fake_quant_per_tensor_symmetric() {
+        let d = Device::flex();
+        // int4 symmetric: amax 3.75 -> s = 3.75 / 7.5 = 0.5, codes in [-8, 7]
+        let x = t1(&[-3.75, -1.3, 0.2, 0.8, 2.6, 3.7], &d);
+        let y = vals(fq(x, &spec(4, true, PerTensor, None), 0));
+        // /0.5: -7.5->-8, -2.6->-3, 0.4->0, 1.6->2, 5.2->5, 7.4->7
+        assert_close(&y, &[-4.0, -1.5, 0.0, 1.0, 2.5, 3.5], 1e-6);
+    }
+
+    #[test]
+    fn fake_quant_per_tensor_asymmetric() {
+        let d = Device::flex();
+        // uint2-style asym [0, 3] on range [-0.3, 0.6]: s = 0.3, zp = 0 - round(-1) = 1
+        let sp = QuantSpec {
+            bits: 2,
+            signed: false,
+            symmetric: false,
+            ..QuantSpec::default()
+        };
+        let x = t1(&[-0.3, -0.1, 0.16, 0.44, 0.6], &d);
+        // x/0.3+1 rounded: round(-1)+1=0, round(-0.33)+1=1, round(0.53)+1=2, round(1.47)+1=2, 3
+        assert_close(&vals(fq(x, &sp, 0)), &[-0.3, 0.0, 0.3, 0.3, 0.6], 1e-6);
+    }
+
+    /// Hand formula of symmetric fake quantization with the f32 ops burn uses (IEEE division,
+    /// half-to-even rounding), for the entries whose `x/s` lands near a rounding tie.
+    fn qz(v: f32, s: f32, lo: f32, hi: f32) -> f32 {
+        (v / s).round_ties_even().clamp(lo, hi) * s
+    }
+
+    #[test]
+    fn fake_quant_per_channel_axis_0_and_1() {
+        let d = Device::flex();
+        let sp = spec(4, true, PerChannel, None);
+        let x = t2(&[7.5, -2.4, 1.6, 0.75, -0.33, 0.06], [2, 3], &d);
+        // axis 0, rows: amax 7.5 (s = 1) and 0.75 (s = 0.1)
+        // row 0: 7.5 -> 8 -> clamp 7, -2.4 -> -2, 1.6 -> 2; row 1: 7.5 -> 7 either way,
+        // -3.3 -> -3, 0.6 -> 1
+        let y = vals(fq(x.clone(), &sp, 0));
+        assert_close(&y, &[7.0, -2.0, 2.0, 0.7, -0.3, 0.1], 1e-6);
+        // axis 1, columns: amax 7.5 (s = 1), 2.4 (s = 2.4/7.5), 1.6 (s = 1.6/7.5)
+        let y = vals(fq(x, &sp, 1));
+        let (s1, s2) = (2.4_f32 / 7.5, 1.6_f32 / 7.5);
+        let want = [
+            7.0,
+            qz(-2.4, s1, -8.0, 7.0),
+            qz(1.6, s2, -8.0, 7.0),
+            1.0, // 0.75 -> 1
+            qz(-0.33, s1, -8.0, 7.0),
+            qz(0.06, s2, -8.0, 7.0),
+        ];
+        // the hand values: -7.5 -> -8, 7.5 -> 8 -> 7, -1.03 -> -1, 0.28 -> 0
+        assert_close(&want, &[7.0, -8.0 * s1, 7.0 * s2, 1.0, -s1, 0.0], 1e-6);
+        assert_close(&y, &want, 1e-6);
+    }
+
+    #[test]
+    fn fake_quant_per_group_symmetric_and_asymmetric() {
+        let d = Device::flex();
+        // [4, 2] weight, groups of 2 along axis 0 -> 4 scales
+        let x = t2(&[0.7, 3.0, -0.35, 1.0, 1.5, 0.2, 0.1, -0.4], [4, 2], &d);
+        // int2 [-2, 1], s = amax / 1.5. Groups (rows 0-1 | rows 2-3) x (col 0 | col 1):
+        //   {0.7, -0.35}: a = 0.7/1.5, codes 1.5 -> 2 -> 1 (or 1), -0.75 -> -1
+        //   {3, 1}: s = 2, codes 1.5 -> 2 -> 1, 0.5 -> 0
+        //   {1.5, 0.1}: s = 1, codes 1.5 -> 2 -> 1, 0
+        //   {0.2, -0.4}: b = 0.4/1.5, codes 0.75 -> 1, -1.5 -> -2
+        let y = vals(fq(x.clone(), &spec(2, true, PerGroup, Some(2)), 0));
+        let (a, b) = (0.7_f32 / 1.5, 0.4_f32 / 1.5);
+        let want = [a, 2.0, -a, 0.0, 1.0, b, 0.0, qz(-0.4, b, -2.0, 1.0)];
+        assert_close(&want, &[a, 2.0, -a, 0.0, 1.0, b, 0.0, -2.0 * b], 1e-6);
+        assert_close(&y, &want, 1e-6);
+        // asymmetric uint2 [0, 3] on the same groups
+        let asym = QuantSpec {
+            bits: 2,
+            signed: false,
+            symmetric: false,
+            granularity: PerGroup,
+            group_size: Some(2),
+            ..QuantSpec::default()
+        };
+        let y = vals(fq(x, &asym, 0));
+        // {0.7,-0.35}: s = .35, zp = 1: codes 3, 0 ; {3,1}: [0,3], s = 1, zp = 0: 3, 1
+        // {1.5,0.1}: [0,1.5], s = .5: 3, 0 ; {0.2,-0.4}: s = .2, zp = 2: 3, 0
+        assert_close(&y, &[0.7, 3.0, -0.35, 1.0, 1.5, 0.2, 0.0, -0.4], 1e-6);
+    }
+
+    #[test]
+    fn fake_quant_per_token() {
+        let d = Device::flex();
+        // [2 batch, 2 tokens, 3 features]; int8 symmetric per token: s = amax / 127.5
+        let x = t3(
+            &[
+                1.275, -0.5, 0.1, 0.0, 0.0, 0.0, -25.5, 10.0, 3.0, 0.01, 0.02, -0.0255,
+            ],
+            [2, 2, 3],
+            &d,
+        );
+        let y = vals(fq(x, &QuantSpec::with_bits(8).clone_with(PerToken), 0));
+        let q = |v: f32, s: f32| qz(v, s, -128.0, 127.0);
+        let (s0, s2, s3) = (1.275_f32 / 127.5, 25.5_f32 / 127.5, 0.0255_f32 / 127.5);
+        let want = [
+            q(1.275, s0),
+            q(-0.5, s0),
+            q(0.1, s0),
+            0.0, // an all-zero token keeps its zeros (scale MIN_SCALE)
+            0.0,
+            0.0,
+            q(-25.5, s2),
+            q(10.0, s2),
+            q(3.0, s2),
+            q(0.01, s3),
+            q(0.02, s3),
+            q(-0.0255, s3),
+        ];
+        // hand: 127.5 -> 127 (clamp), -50, 10 ; -127.5 -> -128, 50, 15 ; 50, 100, -127.5 -> -128
+        let hand = [
+            1.27, -0.5, 0.1, 0.0, 0.0, 0.0, -25.6, 10.0, 3.0, 0.01, 0.02, -0.0256,
+        ];
+        assert_close(&want, &hand, 1e-5);
+        assert_close(&y, &want, 1e-6);
+    }
+
+    #[test]
+    fn fake_quant_per_channel_and_per_token_asymmetric() {
+        let d = Device::flex();
+        // uint2 [0, 3] asymmetric. [2, 3]:
+        //   row 0 [-0.3, 0.6, 0.2]: s = 0.3, zp = 1 -> codes 0, 3, round(.67)+1 = 2
+        //   row 1 [1.2, 0.4, 0.9] (widened to [0, 1.2]): s = 0.4, zp = 0 -> 3, 1, round(2.25) = 2
+        let x = t2(&[-0.3, 0.6, 0.2, 1.2, 0.4, 0.9], [2, 3], &d);
+        let asym = |g| QuantSpec {
+            bits: 2,
+            signed: false,
+            symmetric: false,
+            granularity: g,
+            ..QuantSpec::default()
+        };
+        let want = [-0.3, 0.6, 0.3, 1.2, 0.4, 0.8];
+        assert_close(&vals(fq(x.clone(), &asym(PerChannel), 0)), &want, 1e-6);
+        assert_close(&vals(fq(x.clone(), &asym(PerToken), 0)), &want, 1e-6);
+        // per channel on axis 1: columns [-0.3, 1.2]: s = 0.5, zp = 0 - round(-0.6) = 1;
+        // [0.6, 0.4] -> [0, 0.6]: s = 0.2, zp = 0; [0.2, 0.9] -> [0, 0.9]: s = 0.3, zp = 0
+        // codes: -1+1 = 0, round(2.4)+1 = 3 ; 3, 2 ; round(.67) = 1, 3
+        let y = vals(fq(x, &asym(PerChannel), 1));
+        assert_close(&y, &[-0.5, 0.6, 0.3, 1.0, 0.4, 0.9], 1e-6);
+    }
+
+    impl QuantSpec {
+        fn clone_with(&self, g: Granularity) -> Self {
+            Self {
+                granularity: g,
+                ..self.clone()
+            }
+        }
+    }
+}

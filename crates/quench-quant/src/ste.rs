@@ -1,0 +1,390 @@
+//! Straight-through estimators: the one place where quench decides what gradient a
+//! non-differentiable quantizer has. Everything is built from burn ops, so burn's autodiff gives
+//! the gradients documented here without a custom backward op.
+//!
+//! Two value-exact tricks are used throughout:
+//! * `q.detach() + (x - x.detach())` has the value of `q` *exactly* (the second term is `0.0`)
+//!   and the gradient of `x`. The textbook `x + (q - x).detach()` has the same gradient but its
+//!   value can be one ulp off `q`, which would break bit-exact integer export.
+//! * `x.detach() + (x·g - (x·g).detach())` has the value of `x` exactly and `g` times its gradient.
+
+use burn::tensor::Tensor;
+
+/// Forward `q`, backward the identity to `x` (the straight-through estimator in its general form).
+pub fn straight_through<const D: usize>(x: Tensor<D>, q: Tensor<D>) -> Tensor<D> {
+    q.detach() + (x.clone() - x.detach())
+}
+
+/// Rounds half-to-even in the forward pass and passes the gradient straight through.
+pub fn round_ste<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let rounded = x.clone().detach().round();
+    straight_through(x, rounded)
+}
+
+/// Keeps the value of `x` and multiplies its gradient by `g` (LSQ's step-size gradient scale).
+pub fn scale_grad<const D: usize>(x: Tensor<D>, g: f32) -> Tensor<D> {
+    let xg = x.clone().mul_scalar(g);
+    x.detach() + (xg.clone() - xg.detach())
+}
+
+/// Affine fake quantization `(clamp(round(x/s) + zp, qmin, qmax) - zp)·s` with the clipped STE.
+///
+/// `scale` and `zero_point` broadcast onto `x` (1s on the reduced axes) and are constants here
+/// (detached). The gradient wrt `x` is 1 where `qmin <= round(x/s) + zp <= qmax` and 0 outside,
+/// as in `torch.fake_quantize_per_channel_affine` (the clamp bounds are inside).
+pub fn fake_quantize<const D: usize>(
+    x: Tensor<D>,
+    scale: Tensor<D>,
+    zero_point: Tensor<D>,
+    qmin: i32,
+    qmax: i32,
+) -> Tensor<D> {
+    fake_quantize_affine(x, scale, Some(zero_point), qmin, qmax)
+}
+
+/// [`fake_quantize`] with an optional zero-point (`None`: zero, and no ops spent on it).
+///
+/// The forward value is computed off the autodiff graph, on the plain backend, and the gradient
+/// is attached with one masked straight-through: `q + (x_in - x_in.detach())`, where `x_in` is
+/// `x` with its out-of-range entries zeroed. The value is `q` exactly (the bracket is `0.0`), the
+/// gradient wrt `x` is the upstream one where in range and 0 outside — three tracked ops instead
+/// of a tracked op per step of the formula.
+pub(crate) fn fake_quantize_affine<const D: usize>(
+    x: Tensor<D>,
+    scale: Tensor<D>,
+    zero_point: Option<Tensor<D>>,
+    qmin: i32,
+    qmax: i32,
+) -> Tensor<D> {
+    let scale = scale.without_autodiff();
+    let zero_point = zero_point.map(Tensor::without_autodiff);
+    let (raw, codes) = raw_and_codes(x.clone(), scale.clone(), zero_point.clone(), qmin, qmax);
+    let tracked = x.is_tracked();
+    let outside = tracked.then(|| raw.not_equal(codes.clone()));
+    let q = match zero_point {
+        Some(zp) => codes - zp,
+        None => codes,
+    } * scale;
+    match outside {
+        Some(outside) => clipped_straight_through(x, q, outside),
+        None if x.is_autodiff() => q.autodiff(),
+        None => q,
+    }
+}
+
+/// The unclamped `round(x/s) + zp` and the clamped codes, both off the autodiff graph.
+fn raw_and_codes<const D: usize>(
+    x: Tensor<D>,
+    scale: Tensor<D>,
+    zero_point: Option<Tensor<D>>,
+    qmin: i32,
+    qmax: i32,
+) -> (Tensor<D>, Tensor<D>) {
+    let rounded = (x.without_autodiff() / scale.without_autodiff()).round();
+    let raw = match zero_point {
+        Some(zp) => rounded + zp.without_autodiff(),
+        None => rounded,
+    };
+    let codes = raw.clone().clamp(qmin, qmax);
+    (raw, codes)
+}
+
+/// Forward `q` (a constant), backward the upstream gradient to `x` except where `outside`.
+fn clipped_straight_through<const D: usize>(
+    x: Tensor<D>,
+    q: Tensor<D>,
+    outside: Tensor<D, burn::tensor::Bool>,
+) -> Tensor<D> {
+    let inside = x.mask_fill(outside, 0.0);
+    q.autodiff() + (inside.clone() - inside.detach())
+}
+
+/// The integer codes `clamp(round(x/s) + zp, qmin, qmax)` that [`fake_quantize`] uses, as floats.
+pub fn affine_codes<const D: usize>(
+    x: Tensor<D>,
+    scale: Tensor<D>,
+    zero_point: Tensor<D>,
+    qmin: i32,
+    qmax: i32,
+) -> Tensor<D> {
+    affine_codes_opt(x, scale, Some(zero_point), qmin, qmax)
+}
+
+/// [`affine_codes`] with an optional zero-point, matching [`fake_quantize_affine`] bit for bit
+/// (the same ops in the same order).
+pub(crate) fn affine_codes_opt<const D: usize>(
+    x: Tensor<D>,
+    scale: Tensor<D>,
+    zero_point: Option<Tensor<D>>,
+    qmin: i32,
+    qmax: i32,
+) -> Tensor<D> {
+    raw_and_codes(x, scale, zero_point, qmin, qmax).1
+}
+
+/// LSQ fake quantization (Esser et al. 2020): `round(clamp(x/s, qmin, qmax))·s` with `s` learned.
+///
+/// `step` broadcasts onto `x`. Gradients, times the upstream gradient:
+/// * wrt `x`: 1 where `qmin <= x/s <= qmax`, 0 outside;
+/// * wrt `s`: `(round(x/s) - x/s)·g` inside, `qmin·g` below, `qmax·g` above,
+///
+/// with `g = grad_scale` (the paper's `1/sqrt(N·Qp)`), applied through [`scale_grad`].
+pub fn lsq_quantize<const D: usize>(
+    x: Tensor<D>,
+    step: Tensor<D>,
+    qmin: i32,
+    qmax: i32,
+    grad_scale: f32,
+) -> Tensor<D> {
+    let s = scale_grad(step, grad_scale);
+    round_ste((x / s.clone()).clamp(qmin, qmax)) * s
+}
+
+/// The integer codes `round(clamp(x/s, qmin, qmax))` that [`lsq_quantize`] uses, as floats.
+pub fn lsq_codes<const D: usize>(x: Tensor<D>, step: Tensor<D>, qmin: i32, qmax: i32) -> Tensor<D> {
+    (x.detach() / step.detach()).clamp(qmin, qmax).round()
+}
+
+/// PACT clip (Choi et al. 2018): `clamp(x, 0, alpha)` (unsigned) or `clamp(x, -alpha, alpha)`
+/// (signed), with `alpha` a one-element learned tensor.
+///
+/// Gradients: wrt `x` 1 strictly inside the clip, 0 outside; wrt `alpha` 1 where `x >= alpha`
+/// (signed: also -1 where `x <= -alpha`), 0 inside. Built with `mask_where`, which routes the
+/// gradient of the clipped positions to the broadcast `alpha`.
+pub fn pact_clip<const D: usize>(x: Tensor<D>, alpha: Tensor<1>, signed: bool) -> Tensor<D> {
+    let shape = x.shape();
+    let alpha: Tensor<D> = alpha.reshape([1; D]).expand(shape);
+    let x_value = x.clone().detach();
+    let upper = x_value.clone().greater_equal(alpha.clone().detach());
+    let y = x.mask_where(upper, alpha.clone());
+    if signed {
+        let neg_alpha = alpha.neg();
+        let lower = x_value.lower_equal(neg_alpha.clone().detach());
+        y.mask_where(lower, neg_alpha)
+    } else {
+        let below_zero = x_value.lower_elem(0.0);
+        y.mask_fill(below_zero, 0.0)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    pub(crate) fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
+    }
+
+    pub(crate) fn assert_close(got: &[f32], want: &[f32], tol: f32) {
+        assert_eq!(got.len(), want.len(), "got {got:?} want {want:?}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= tol,
+                "index {i}: got {g} want {w}\n got {got:?}\nwant {want:?}"
+            );
+        }
+    }
+
+    pub(crate) fn t1(v: &[f32], device: &Device) -> Tensor<1> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
+    }
+
+    pub(crate) fn t2(v: &[f32], shape: [usize; 2], device: &Device) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(v.to_vec(), shape), device)
+    }
+
+    fn ad() -> Device {
+        Device::flex().autodiff()
+    }
+
+    #[test]
+    fn round_ste_is_half_to_even_with_identity_grad() {
+        let d = ad();
+        let x = t1(&[0.5, 1.5, 2.5, -0.5, -1.7, 0.3], &d).require_grad();
+        let y = round_ste(x.clone());
+        assert_eq!(vals(y.clone()), vec![0.0, 2.0, 2.0, -0.0, -2.0, 0.0]);
+        let w = t1(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &d);
+        let g = x.grad(&(y * w).sum().backward()).unwrap();
+        assert_eq!(vals(g), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    }
+
+    #[test]
+    fn scale_grad_keeps_value_and_scales_gradient() {
+        let d = ad();
+        let x = t1(&[0.3, -0.7], &d).require_grad();
+        let y = scale_grad(x.clone(), 0.25);
+        assert_eq!(vals(y.clone()), vec![0.3, -0.7]);
+        let g = x.grad(&y.sum().backward()).unwrap();
+        assert_eq!(vals(g), vec![0.25, 0.25]);
+    }
+
+    #[test]
+    fn fake_quantize_symmetric_per_tensor_values() {
+        // int4 signed symmetric, s = 0.5: codes clamp(round(x/0.5), -8, 7).
+        let d = Device::flex();
+        let x = t1(&[0.1, 0.26, -0.74, 1.25, 3.9, -5.0, 0.75], &d);
+        let y = fake_quantize(x, t1(&[0.5], &d), t1(&[0.0], &d), -8, 7);
+        // 0.2->0, 0.52->1, -1.48->-1, 2.5->2 (half even), 7.8->8->7, -10->-8, 1.5->2
+        assert_eq!(vals(y), vec![0.0, 0.5, -0.5, 1.0, 3.5, -4.0, 1.0]);
+    }
+
+    #[test]
+    fn fake_quantize_asymmetric_values() {
+        // uint8-style range [0, 15], s = 0.2, zp = 3 -> representable [-0.6, 2.4].
+        let d = Device::flex();
+        let x = t1(&[-1.0, -0.6, -0.05, 0.31, 2.4, 3.0], &d);
+        let y = fake_quantize(x, t1(&[0.2], &d), t1(&[3.0], &d), 0, 15);
+        // codes: -5+3=-2->0, -3+3=0, round(-0.25)=0 ->3, round(1.55)=2->5, 12+3=15, 15+3=18->15
+        let want = [-0.6, -0.6, 0.0, 0.4, 2.4, 2.4];
+        assert_close(&vals(y), &want, 1e-6);
+    }
+
+    #[test]
+    fn fake_quantize_clipped_ste_gradient() {
+        let d = ad();
+        // s = 0.5, range [-4, 3] -> inside iff round(x/0.5) in [-4, 3]: x in [-2.25, 1.75]
+        let x = t1(&[-3.0, -2.25, -2.26, 0.1, 1.74, 1.75, 1.76, 9.0], &d).require_grad();
+        let y = fake_quantize(x.clone(), t1(&[0.5], &d), t1(&[0.0], &d), -4, 3);
+        let g = vals(x.grad(&y.sum().backward()).unwrap());
+        // round(-4.5) = -4 (even) -> inside; round(-4.52) = -5 -> outside;
+        // round(3.5) = 4 -> outside; round(3.48) = 3 -> inside.
+        assert_eq!(g, vec![0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn fake_quantize_grad_with_zero_point_and_non_power_of_two_scale() {
+        let d = ad();
+        // s = 0.3, zp = -2, range [-8, 7]: code = round(x/0.3) - 2 inside iff in [-8, 7].
+        let x = t1(&[-1.9, -1.7, 0.0, 2.6, 2.8], &d).require_grad();
+        let y = fake_quantize(x.clone(), t1(&[0.3], &d), t1(&[-2.0], &d), -8, 7);
+        let g = vals(x.grad(&y.sum().backward()).unwrap());
+        // codes: round(-6.33)-2=-8 in; round(-5.67)-2=-8 in; -2 in; round(8.67)-2=7 in;
+        // round(9.33)-2=7 in. Then try outside: none here, so all 1 (to float rounding).
+        assert_close(&g, &[1.0, 1.0, 1.0, 1.0, 1.0], 1e-6);
+        let x = t1(&[-2.2, 3.0], &d).require_grad();
+        let y = fake_quantize(x.clone(), t1(&[0.3], &d), t1(&[-2.0], &d), -8, 7);
+        // round(-7.33)-2 = -9 out; round(10)-2 = 8 out
+        assert_eq!(vals(x.grad(&y.sum().backward()).unwrap()), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn affine_codes_match_fake_quantize_exactly() {
+        let d = Device::flex();
+        let xs: Vec<f32> = (0..200).map(|i| (i as f32 * 0.37).sin() * 3.1).collect();
+        let x = t1(&xs, &d);
+        let (s, zp) = (t1(&[0.0437], &d), t1(&[3.0], &d));
+        let y = vals(fake_quantize(x.clone(), s.clone(), zp.clone(), -8, 7));
+        let c = vals(affine_codes(x, s, zp, -8, 7));
+        for (yi, ci) in y.iter().zip(&c) {
+            assert_eq!(*yi, (ci - 3.0) * 0.0437_f32);
+        }
+    }
+
+    #[test]
+    fn lsq_values_and_gradients_match_the_paper() {
+        let d = ad();
+        let (qmin, qmax, s0, g) = (-4, 3, 0.4_f32, 0.125_f32);
+        // x/s = -5 (below), -2.25, -0.75, 0.25, 1.25, 2.75, 3.25 (above), 12.5 (above);
+        // none sits on a rounding tie, so rounding is locally constant around s0.
+        let xs = [-2.0_f32, -0.9, -0.3, 0.1, 0.5, 1.1, 1.3, 5.0];
+        let up = [1.0_f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        let x = t1(&xs, &d).require_grad();
+        let s = t1(&[s0], &d).require_grad();
+        let y = lsq_quantize(x.clone(), s.clone(), qmin, qmax, g);
+        let grads = (y.clone() * t1(&up, &d)).sum().backward();
+
+        assert_close(&vals(y), &[-1.6, -0.8, -0.4, 0.0, 0.4, 1.2, 1.2, 1.2], 1e-6);
+        // dL/dx: upstream inside the clip, 0 outside (positions 0, 6, 7)
+        assert_close(
+            &vals(x.grad(&grads).unwrap()),
+            &[0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 0.0],
+            1e-5,
+        );
+        // dL/ds by the paper: g·Σ u·{qmin | round(v)-v | qmax}
+        //   = 0.125·(1·-4 + 2·0.25 + 3·-0.25 + 4·-0.25 + 5·-0.25 + 6·0.25 + 7·3 + 8·3) = 5.0
+        let by_hand = 0.125 * (-4.0 + 0.5 - 0.75 - 1.0 - 1.25 + 1.5 + 21.0 + 24.0);
+        assert_eq!(by_hand, 5.0);
+        let gs = vals(s.grad(&grads).unwrap())[0] as f64;
+        assert!((gs - by_hand).abs() < 1e-4, "{gs} vs {by_hand}");
+
+        // Finite difference of the true loss L(s) = Σ u·q(s)·s. With rounding locally constant
+        // its derivative is Σ u·q (the codes: -4,-2,-1,0,1,3,3,3); LSQ's gradient is that minus
+        // the STE term Σ_inside u·x/s, times g.
+        let loss_at = |sv: f32| -> f64 {
+            let dev = Device::flex();
+            let y = lsq_quantize(t1(&xs, &dev), t1(&[sv], &dev), qmin, qmax, g);
+            vals(y)
+                .iter()
+                .zip(up)
+                .map(|(a, b)| (*a as f64) * b as f64)
+                .sum()
+        };
+        let h = 1e-3_f32;
+        let fd = (loss_at(s0 + h) - loss_at(s0 - h)) / (2.0 * h as f64);
+        let codes_sum = -4.0 - 2.0 * 2.0 - 3.0 + 0.0 + 5.0 + 6.0 * 3.0 + 7.0 * 3.0 + 8.0 * 3.0;
+        assert!((fd - codes_sum).abs() < 1e-2, "fd {fd} vs {codes_sum}");
+        let ste_term: f64 = [(1, -2.25), (2, -0.75), (3, 0.25), (4, 1.25), (5, 2.75)]
+            .iter()
+            .map(|&(i, v)| up[i] as f64 * v)
+            .sum();
+        assert!(
+            ((fd - ste_term) * g as f64 - gs).abs() < 2e-3,
+            "(fd - ste) g = {} vs autodiff {gs}",
+            (fd - ste_term) * g as f64
+        );
+    }
+
+    #[test]
+    fn lsq_codes_match_forward_exactly() {
+        let d = Device::flex();
+        let xs: Vec<f32> = (0..100).map(|i| (i as f32 * 0.77).cos() * 2.0).collect();
+        let s = t1(&[0.0913], &d);
+        let y = vals(lsq_quantize(t1(&xs, &d), s.clone(), -8, 7, 0.3));
+        let c = vals(lsq_codes(t1(&xs, &d), s, -8, 7));
+        for (yi, ci) in y.iter().zip(&c) {
+            assert_eq!(*yi, ci * 0.0913_f32);
+        }
+    }
+
+    #[test]
+    fn pact_unsigned_values_and_alpha_gradient() {
+        let d = ad();
+        let x = t1(&[-1.0, 0.5, 1.9, 2.0, 3.5], &d).require_grad();
+        let alpha = t1(&[2.0], &d).require_grad();
+        let y = pact_clip(x.clone(), alpha.clone(), false);
+        assert_eq!(vals(y.clone()), vec![0.0, 0.5, 1.9, 2.0, 2.0]);
+        let up = t1(&[1.0, 2.0, 3.0, 4.0, 5.0], &d);
+        let grads = (y * up).sum().backward();
+        assert_eq!(vals(x.grad(&grads).unwrap()), vec![0.0, 2.0, 3.0, 0.0, 0.0]);
+        // x >= alpha at positions 3 and 4: 4 + 5
+        assert_eq!(vals(alpha.grad(&grads).unwrap()), vec![9.0]);
+    }
+
+    #[test]
+    fn pact_signed_alpha_gradient_is_the_sign() {
+        let d = ad();
+        let x = t2(&[-3.0, -1.0, 0.2, 1.5, 2.0, -1.5], [2, 3], &d).require_grad();
+        let alpha = t1(&[1.5], &d).require_grad();
+        let y = pact_clip(x.clone(), alpha.clone(), true);
+        assert_eq!(vals(y.clone()), vec![-1.5, -1.0, 0.2, 1.5, 1.5, -1.5]);
+        let grads = y.sum().backward();
+        assert_eq!(
+            vals(x.grad(&grads).unwrap()),
+            vec![0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+        );
+        // +1 at 1.5 and 2.0, -1 at -3.0 and -1.5
+        assert_eq!(vals(alpha.grad(&grads).unwrap()), vec![0.0]);
+        let grads = (y_weighted(&x, &alpha, &d)).backward();
+        // weights 1..6: +4 +5 -1 -6
+        assert_eq!(vals(alpha.grad(&grads).unwrap()), vec![2.0]);
+    }
+
+    fn y_weighted(x: &Tensor<2>, alpha: &Tensor<1>, d: &Device) -> Tensor<1> {
+        let y = pact_clip(x.clone(), alpha.clone(), true);
+        (y * t2(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [2, 3], d)).sum()
+    }
+}

@@ -1,0 +1,155 @@
+//! BitNet weights and activations: b1.58 ternary `{-1, 0, 1}·γ` and b1 binary `±β` weights, and
+//! per-token absmax 8-bit activations, all with straight-through gradients.
+//!
+//! Follows the reference implementation of "The Era of 1-bit LLMs" (Ma et al. 2024) and BitNet
+//! (Wang et al. 2023): scales are clamped below at [`BITNET_EPS`] rather than offset by it, so a
+//! weight is exactly `code·γ` and integer inference reproduces the fake forward bit-for-bit.
+
+use burn::tensor::Tensor;
+
+use crate::ste::straight_through;
+
+/// Lower bound of BitNet scales (`mean|W|`, `max|x|`), so all-zero tensors do not divide by 0.
+pub const BITNET_EPS: f32 = 1e-5;
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("converted to f32")
+}
+
+/// Ternary codes `clamp(round(W/γ), -1, 1)` and `γ = max(mean|W|, eps)` (one-element), detached.
+fn ternary_parts<const D: usize>(w: Tensor<D>) -> (Tensor<D>, Tensor<1>) {
+    let w = w.detach();
+    let gamma = w.clone().abs().mean().clamp_min(BITNET_EPS);
+    let codes = (w / gamma.clone().reshape([1; D])).round().clamp(-1.0, 1.0);
+    (codes, gamma)
+}
+
+/// BitNet b1.58 weight: `clamp(round(W/γ), -1, 1)·γ` with `γ = mean|W|` per tensor; the
+/// gradient wrt `W` is the identity (STE).
+pub fn ternary_weight<const D: usize>(w: Tensor<D>) -> Tensor<D> {
+    let (codes, gamma) = ternary_parts(w.clone());
+    straight_through(w, codes * gamma.reshape([1; D]))
+}
+
+/// The codes (`-1`, `0`, `1`, row-major) and `γ` that [`ternary_weight`] used:
+/// `code as f32 * γ` is exactly its output.
+pub fn ternary_codes<const D: usize>(w: Tensor<D>) -> (Vec<i8>, f32) {
+    let (codes, gamma) = ternary_parts(w);
+    let codes = to_vec(codes).into_iter().map(|c| c as i8).collect();
+    (codes, to_vec(gamma)[0])
+}
+
+/// Binary codes `sign(W - α)` with `sign(0) = +1`, `α = mean(W)`, and `β = mean|W|`, detached.
+fn binary_parts<const D: usize>(w: Tensor<D>) -> (Tensor<D>, Tensor<1>) {
+    let w = w.detach();
+    let alpha = w.clone().mean();
+    let beta = w.clone().abs().mean();
+    let centred = w - alpha.reshape([1; D]);
+    // sign() would send 0 to 0; BitNet's binarization has no zero code.
+    let codes = centred
+        .clone()
+        .ones_like()
+        .mask_fill(centred.lower_elem(0.0), -1.0);
+    (codes, beta)
+}
+
+/// BitNet b1 weight: `sign(W - mean(W))·mean|W|` (`sign(0) = +1`); STE gradient wrt `W`.
+pub fn binary_weight<const D: usize>(w: Tensor<D>) -> Tensor<D> {
+    let (codes, beta) = binary_parts(w.clone());
+    straight_through(w, codes * beta.reshape([1; D]))
+}
+
+/// The `±1` codes (row-major) and `β` that [`binary_weight`] used: `code as f32 * β` is exactly
+/// its output.
+pub fn binary_codes<const D: usize>(w: Tensor<D>) -> (Vec<i8>, f32) {
+    let (codes, beta) = binary_parts(w);
+    let codes = to_vec(codes).into_iter().map(|c| c as i8).collect();
+    (codes, to_vec(beta)[0])
+}
+
+/// BitNet per-token absmax activation quantization to `bits` bits: with `Qb = 2^(bits-1)`,
+/// `scale = (Qb - 1)/max|x|` over the last axis, `x̂ = clamp(round(x·scale), -Qb, Qb - 1)/scale`;
+/// STE gradient (absmax never clips, so the plain identity is the clipped STE too).
+///
+/// # Panics
+/// If `bits` is not in 2..=16.
+pub fn absmax_quant_activation<const D: usize>(x: Tensor<D>, bits: u32) -> Tensor<D> {
+    assert!(
+        (2..=16).contains(&bits),
+        "absmax activation bits must be in 2..=16, got {bits}"
+    );
+    let qb = (1_i32 << (bits - 1)) as f32;
+    let value = x.clone().detach();
+    let amax = value.clone().abs().max_dim(D - 1).clamp_min(BITNET_EPS);
+    let scale = amax.ones_like().mul_scalar(qb - 1.0) / amax;
+    let q = (value * scale.clone()).round().clamp(-qb, qb - 1.0) / scale;
+    straight_through(x, q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ste::tests::{assert_close, t1, t2, vals};
+    use burn::tensor::Device;
+
+    #[test]
+    fn ternary_values_codes_and_passthrough_gradient() {
+        let d = Device::flex().autodiff();
+        // mean|w| = (0.9 + 0.1 + 0.4 + 0.6 + 2.0 + 0.0) / 6 = 0.6666667
+        let ws = [0.9_f32, -0.1, 0.4, -0.6, 2.0, 0.0];
+        let w = t2(&ws, [2, 3], &d).require_grad();
+        let y = ternary_weight(w.clone());
+        let g = 4.0_f32 / 6.0;
+        // w/γ: 1.35 -> 1, -0.15 -> 0, 0.6 -> 1, -0.9 -> -1, 3 -> 1 (clamp), 0 -> 0
+        assert_close(&vals(y.clone()), &[g, 0.0, g, -g, g, 0.0], 1e-6);
+        let up = t2(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [2, 3], &d);
+        let grad = w.grad(&(y.clone() * up).sum().backward()).unwrap();
+        assert_eq!(vals(grad), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let (codes, gamma) = ternary_codes(w);
+        assert_eq!(codes, vec![1, 0, 1, -1, 1, 0]);
+        assert!((gamma - g).abs() < 1e-7);
+        for (c, yv) in codes.iter().zip(vals(y)) {
+            assert_eq!(*c as f32 * gamma, yv);
+        }
+    }
+
+    #[test]
+    fn ternary_of_zeros_is_zero() {
+        let d = Device::flex();
+        let (codes, gamma) = ternary_codes(t1(&[0.0, 0.0], &d));
+        assert_eq!((codes, gamma), (vec![0, 0], BITNET_EPS));
+        assert_eq!(vals(ternary_weight(t1(&[0.0, 0.0], &d))), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn binary_values_sign_of_zero_and_gradient() {
+        let d = Device::flex().autodiff();
+        // mean = 0.5, mean|w| = (1 + 0.5 + 2 + 2.5) / 4 = 1.5; w - mean = [0.5, 0, -2.5, 2]
+        let ws = [1.0_f32, 0.5, -2.0, 2.5];
+        let w = t1(&ws, &d).require_grad();
+        let y = binary_weight(w.clone());
+        assert_eq!(vals(y.clone()), vec![1.5, 1.5, -1.5, 1.5]);
+        let grad = w.grad(&(y * t1(&[1.0, 2.0, 3.0, 4.0], &d)).sum().backward());
+        assert_eq!(vals(grad.unwrap()), vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(binary_codes(w), (vec![1, 1, -1, 1], 1.5));
+    }
+
+    #[test]
+    fn absmax_per_token_values_and_gradient() {
+        let d = Device::flex().autodiff();
+        // token 0: max|x| = 2.54 -> scale 127/2.54 = 50: x·50 = [127, -25, 15]
+        // token 1: max|x| = 1.27 -> scale 100: x·100 = [-127, 33.3 -> 33, 0]
+        let x = t2(&[2.54, -0.5, 0.3, -1.27, 0.333, 0.0], [2, 3], &d).require_grad();
+        let y = absmax_quant_activation(x.clone(), 8);
+        assert_close(&vals(y.clone()), &[2.54, -0.5, 0.3, -1.27, 0.33, 0.0], 1e-6);
+        let grad = x.grad(&y.sum().backward()).unwrap();
+        assert_eq!(vals(grad), vec![1.0; 6]);
+        // 4 bits: Qb = 8, scale 7/max: token 0 [7, -1.38 -> -1, 0.69 -> 1]
+        let d = Device::flex();
+        let y = absmax_quant_activation(t1(&[3.5, -0.69, 0.345], &d), 4);
+        assert_close(&vals(y), &[3.5, -0.5, 0.5], 1e-6);
+    }
+}
