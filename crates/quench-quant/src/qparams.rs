@@ -172,42 +172,39 @@ impl QuantLayout {
 
     /// Per-scale `(min, max)` of `x`, flattened in stat-shape order.
     ///
-    /// Reduces along the tensor's own axes (no transpose copy): the contiguous trailing axis
-    /// first, where the reduction is a vectorized row scan.
+    /// Every reduction runs along the contiguous last axis (a row scan, the fast kernel on CPU
+    /// backends; reducing a leading axis walks memory with a stride): per-tensor ranges reduce
+    /// the rows of the tensor's own last axis, then the row results; per-channel ranges with
+    /// leading axes take one transposed copy shared by both reductions.
     pub fn min_max<const D: usize>(&self, x: Tensor<D>) -> (Tensor<1>, Tensor<1>) {
         let n = self.num_scales();
         let [p, g, s, q] = self.view;
+        let last = self.shape[self.shape.len() - 1];
         match self.granularity {
+            Granularity::PerTensor if last > 1 && last < p * g * s * q => {
+                let rows = x.reshape([p * g * s * q / last, last]);
+                (
+                    rows.clone().min_dim(1).min().reshape([1]),
+                    rows.max_dim(1).max().reshape([1]),
+                )
+            }
             Granularity::PerTensor => {
                 let x = x.reshape([p * g * s * q]);
                 (x.clone().min(), x.max())
             }
-            Granularity::PerChannel if p == 1 && q == 1 => {
-                let x = x.reshape([n]);
-                (x.clone(), x)
-            }
-            Granularity::PerChannel if q == 1 => {
-                let x = x.reshape([p, g]);
-                (x.clone().min_dim(0).reshape([n]), x.max_dim(0).reshape([n]))
-            }
             Granularity::PerChannel if p == 1 => {
-                let x = x.reshape([g, q]);
-                (x.clone().min_dim(1).reshape([n]), x.max_dim(1).reshape([n]))
-            }
-            Granularity::PerChannel => {
-                let x = x.reshape([p, g, q]);
+                let rows = x.reshape([g, q]);
                 (
-                    x.clone().min_dim(2).min_dim(0).reshape([n]),
-                    x.max_dim(2).max_dim(0).reshape([n]),
+                    rows.clone().min_dim(1).reshape([n]),
+                    rows.max_dim(1).reshape([n]),
                 )
             }
-            _ if q == 1 => {
-                let x = x.reshape([p * g, s]);
-                (x.clone().min_dim(1).reshape([n]), x.max_dim(1).reshape([n]))
-            }
             _ => {
-                let x = x.reshape(self.view);
-                (x.clone().min_dim(2).reshape([n]), x.max_dim(2).reshape([n]))
+                let rows = self.rows(x);
+                (
+                    rows.clone().min_dim(1).reshape([n]),
+                    rows.max_dim(1).reshape([n]),
+                )
             }
         }
     }

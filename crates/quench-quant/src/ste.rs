@@ -8,7 +8,7 @@
 //!   value can be one ulp off `q`, which would break bit-exact integer export.
 //! * `x.detach() + (x·g - (x·g).detach())` has the value of `x` exactly and `g` times its gradient.
 
-use burn::tensor::Tensor;
+use burn::tensor::{Bool, DType, Tensor};
 
 /// Forward `q`, backward the identity to `x` (the straight-through estimator in its general form).
 pub fn straight_through<const D: usize>(x: Tensor<D>, q: Tensor<D>) -> Tensor<D> {
@@ -45,10 +45,10 @@ pub fn fake_quantize<const D: usize>(
 /// [`fake_quantize`] with an optional zero-point (`None`: zero, and no ops spent on it).
 ///
 /// The forward value is computed off the autodiff graph, on the plain backend, and the gradient
-/// is attached with one masked straight-through: `q + (x_in - x_in.detach())`, where `x_in` is
-/// `x` with its out-of-range entries zeroed. The value is `q` exactly (the bracket is `0.0`), the
-/// gradient wrt `x` is the upstream one where in range and 0 outside — three tracked ops instead
-/// of a tracked op per step of the formula.
+/// is attached with one masked straight-through: `q + (x·k - (x·k).detach())`, `k` = 1 where
+/// the code is in range and 0 where it was clamped. The value is `q` exactly (the bracket is
+/// `0.0`) and the gradient wrt `x` is the upstream one times `k`: three tracked ops (one in the
+/// backward pass) instead of a tracked op per step of the formula.
 pub(crate) fn fake_quantize_affine<const D: usize>(
     x: Tensor<D>,
     scale: Tensor<D>,
@@ -59,16 +59,32 @@ pub(crate) fn fake_quantize_affine<const D: usize>(
     let scale = scale.without_autodiff();
     let zero_point = zero_point.map(Tensor::without_autodiff);
     let (raw, codes) = raw_and_codes(x.clone(), scale.clone(), zero_point.clone(), qmin, qmax);
-    let tracked = x.is_tracked();
-    let outside = tracked.then(|| raw.not_equal(codes.clone()));
+    let in_range = x.is_tracked().then(|| raw.equal(codes.clone()));
     let q = match zero_point {
         Some(zp) => codes - zp,
         None => codes,
     } * scale;
-    match outside {
-        Some(outside) => clipped_straight_through(x, q, outside),
+    match in_range {
+        Some(in_range) => clipped_straight_through(x, q, in_range),
         None if x.is_autodiff() => q.autodiff(),
         None => q,
+    }
+}
+
+/// `1.5·2^23`: adding and subtracting it rounds an f32 of magnitude below `2^22` to an integer,
+/// half to even (the sum lands where the f32 spacing is exactly 1, and IEEE addition rounds to
+/// nearest even), bit-for-bit what `round` gives.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// `round(v)` (half to even). Two additions instead of burn's `round`, which is a scalar
+/// `roundf` loop on CPU backends (10x slower). Used only where it cannot differ from `round`: f32
+/// values, and a code range so small (`|q| < 2^20`) that every `|v| >= 2^22`, where the trick
+/// could be a unit off, is clamped to the same code and marked out of range either way.
+fn round_codes<const D: usize>(v: Tensor<D>, qmin: i32, qmax: i32) -> Tensor<D> {
+    if v.dtype() == DType::F32 && qmin.unsigned_abs().max(qmax.unsigned_abs()) < (1 << 20) {
+        v.add_scalar(ROUND_MAGIC).sub_scalar(ROUND_MAGIC)
+    } else {
+        v.round()
     }
 }
 
@@ -80,22 +96,28 @@ fn raw_and_codes<const D: usize>(
     qmin: i32,
     qmax: i32,
 ) -> (Tensor<D>, Tensor<D>) {
-    let rounded = (x.without_autodiff() / scale.without_autodiff()).round();
+    let rounded = round_codes(x.without_autodiff() / scale.without_autodiff(), qmin, qmax);
     let raw = match zero_point {
         Some(zp) => rounded + zp.without_autodiff(),
         None => rounded,
     };
-    let codes = raw.clone().clamp(qmin, qmax);
+    // Two one-sided clamps: the same values as `clamp`, whose CPU kernel is far slower.
+    let codes = raw.clone().clamp_min(qmin).clamp_max(qmax);
     (raw, codes)
 }
 
-/// Forward `q` (a constant), backward the upstream gradient to `x` except where `outside`.
+/// Forward `q` (a constant), backward the upstream gradient to `x` where `in_range`, 0 elsewhere.
 fn clipped_straight_through<const D: usize>(
     x: Tensor<D>,
     q: Tensor<D>,
-    outside: Tensor<D, burn::tensor::Bool>,
+    in_range: Tensor<D, Bool>,
 ) -> Tensor<D> {
-    let inside = x.mask_fill(outside, 0.0);
+    let inside = if x.dtype() == DType::F32 {
+        // A multiply by a 0/1 mask: elementwise products are fast kernels, masked fills are not.
+        x * in_range.float()
+    } else {
+        x.mask_fill(in_range.bool_not(), 0.0)
+    };
     q.autodiff() + (inside.clone() - inside.detach())
 }
 

@@ -404,22 +404,62 @@ fn apply_override(
     value: toml::Value,
     arg: &str,
 ) -> Result<(), RecipeError> {
-    let (last, parents) = path.split_last().ok_or_else(|| RecipeError::Override {
+    let (first, rest) = path.split_first().ok_or_else(|| RecipeError::Override {
         arg: arg.to_string(),
         detail: "empty key".to_string(),
     })?;
-    let mut cur = table;
-    for (i, seg) in parents.iter().enumerate() {
-        let entry = cur
-            .entry(seg.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry.as_table_mut().ok_or_else(|| RecipeError::Override {
-            arg: arg.to_string(),
-            detail: format!("`{}` is not a table", path[..=i].join(".")),
-        })?;
+    if rest.is_empty() {
+        table.insert(first.clone(), value);
+        return Ok(());
     }
-    cur.insert(last.clone(), value);
-    Ok(())
+    let entry = table
+        .entry(first.clone())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    set_in(entry, rest, value, arg, path.len() - rest.len(), path)
+}
+
+/// Sets `value` at `rest` inside `v`: tables by key, arrays (`[[quant.layers]]`) by index, so
+/// `--set quant.layers.0.weight.bits=4` works.
+fn set_in(
+    v: &mut toml::Value,
+    rest: &[String],
+    value: toml::Value,
+    arg: &str,
+    depth: usize,
+    path: &[String],
+) -> Result<(), RecipeError> {
+    let err = |detail: String| RecipeError::Override {
+        arg: arg.to_string(),
+        detail,
+    };
+    let Some((seg, tail)) = rest.split_first() else {
+        *v = value;
+        return Ok(());
+    };
+    let here = path[..depth].join(".");
+    let next = match v {
+        toml::Value::Table(t) => {
+            if tail.is_empty() {
+                t.insert(seg.clone(), value);
+                return Ok(());
+            }
+            t.entry(seg.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        }
+        toml::Value::Array(a) => {
+            let len = a.len();
+            let idx: usize = seg
+                .parse()
+                .map_err(|_| err(format!("`{here}` is a list: index it by number")))?;
+            a.get_mut(idx).ok_or_else(|| {
+                err(format!(
+                    "`{here}`: index {idx} out of range (the list has {len})"
+                ))
+            })?
+        }
+        _ => return Err(err(format!("`{here}` is not a table"))),
+    };
+    set_in(next, tail, value, arg, depth + 1, path)
 }
 
 impl Experiment {
@@ -639,8 +679,10 @@ impl Experiment {
             }
             for info in hits {
                 if let Some(spec) = &rule.weight {
+                    // The channel axis of burn's layers: Linear [d_in, d_out] → 1, Conv2d → 0;
+                    // the quantizer derives the group axis (the input dim) from it.
                     let axis = if info.kind == LayerKind::Linear { 1 } else { 0 };
-                    spec.validate_for_shape(&info.weight_shape, axis)
+                    quench_quant::Quantizer::weight_layout(spec, &info.weight_shape, axis)
                         .map_err(|e| {
                             let QuantError::Invalid {
                                 field,

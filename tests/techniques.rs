@@ -1,0 +1,431 @@
+//! End-to-end tests of the techniques through the `quench` binary on the real Fashion-MNIST
+//! files: QAT + exact integer export, ternary (BitNet) + packed export on the integer kernel,
+//! pruning (masks stay zero, resume keeps them), distillation (live teacher = cached logits),
+//! and their bad-input errors. Models are tiny so each run takes seconds.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use quench::train::Checkpoint;
+use quench::train::tb_reader::{read_event_dir, scalars};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_quench");
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn quench(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .current_dir(root())
+        .args(args)
+        .output()
+        .expect("spawn quench")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = quench(args);
+    assert!(
+        out.status.success(),
+        "quench {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = quench(args);
+    assert_eq!(out.status.code(), Some(1), "quench {args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    err.lines().last().unwrap_or_default().to_string()
+}
+
+/// `quench run experiments/<recipe> --out <out> --progress quiet --set ...`.
+fn run(recipe: &str, out: &Path, sets: &[&str]) -> Value {
+    let recipe = format!("experiments/{recipe}");
+    let out_s = out.to_string_lossy().to_string();
+    let mut args = vec![
+        "run",
+        recipe.as_str(),
+        "--out",
+        out_s.as_str(),
+        "--progress",
+        "quiet",
+    ];
+    for s in sets {
+        args.push("--set");
+        args.push(s);
+    }
+    ok(&args);
+    serde_json::from_str(&fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
+}
+
+fn json_tail(stdout: &str) -> Value {
+    // `quench export --verify` prints two JSON documents; the verify report is the last one.
+    let start = stdout.rfind("\n{").map_or(0, |i| i + 1);
+    serde_json::from_str(&stdout[start..]).unwrap()
+}
+
+#[test]
+fn qat_w4a8_exports_integers_that_reproduce_the_model_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("w4a8");
+    let s = run(
+        "fashion_mlp_w4a8.toml",
+        &out,
+        &["train.epochs=1", "model.hidden=[32]", "log.every_steps=200"],
+    );
+    assert_eq!(s["layer_bits"]["fc1"], "w4a8");
+    assert_eq!(s["layer_bits"]["fc2"], "w4a8");
+    let acc = s["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.75, "W4A8 784-32-10 after one epoch: {acc}");
+    // int4 codes (half a byte per weight) + one f32 scale per output channel + f32 biases.
+    let expected = (784 * 32usize).div_ceil(2)
+        + 4 * 32
+        + 4 * 32
+        + (32 * 10usize).div_ceil(2)
+        + 4 * 10
+        + 4 * 10;
+    let packed = s["model_bytes_packed"].as_u64().unwrap() as usize;
+    // + the static input scale / zero-point of each layer (8 bytes each).
+    assert_eq!(packed, expected + 2 * 8, "packed bytes");
+    assert!(packed * 6 < s["model_bytes_fp32"].as_u64().unwrap() as usize);
+
+    // TensorBoard: per-layer scales and quantization error over training.
+    let events = read_event_dir(&out.join("tb")).unwrap();
+    for tag in [
+        "quant/fc1/weight_scale",
+        "quant/fc1/weight_error",
+        "quant/fc1/input_scale",
+        "quant/fc2/weight_error",
+    ] {
+        let v = scalars(&events, tag);
+        assert!(v.len() >= 2, "{tag}: {v:?}");
+        assert!(v.iter().all(|(_, x)| x.is_finite() && *x > 0.0), "{tag}");
+    }
+    let err = scalars(&events, "quant/fc1/weight_error");
+    assert!(
+        err.iter().all(|(_, e)| *e < 0.5),
+        "int4 relative error {err:?}"
+    );
+
+    // Export and check against the checkpoint on the whole test set.
+    let ckpt = s["checkpoint"].as_str().unwrap().to_string();
+    let file = tmp.path().join("w4a8.safetensors");
+    let f = file.to_string_lossy().to_string();
+    let stdout = ok(&["export", &ckpt, "--out", &f, "--verify"]);
+    let v = json_tail(&stdout);
+    assert_eq!(v["samples"], 10000);
+    assert_eq!(v["argmax_mismatches"], 0, "{v}");
+    assert_eq!(v["max_abs_logit_diff"].as_f64().unwrap(), 0.0, "{v}");
+    assert_eq!(v["accuracy_packed"], s["test_accuracy"]);
+    let size = fs::metadata(&file).unwrap().len() as usize;
+    assert!(size < packed + 4096, "file {size} vs payload {packed}");
+
+    // A float checkpoint has nothing to export; nothing is written.
+    let fp = run(
+        "quickstart.toml",
+        &tmp.path().join("fp"),
+        &["train.epochs=1", "model.hidden=[16]"],
+    );
+    let none = tmp.path().join("none.safetensors");
+    let err = fails(&[
+        "export",
+        fp["checkpoint"].as_str().unwrap(),
+        "--out",
+        &none.to_string_lossy(),
+    ]);
+    assert!(err.contains("no quantized layer"), "{err}");
+    assert!(!none.exists());
+}
+
+#[test]
+fn ternary_mlp_packs_2_bit_and_base3_and_runs_on_the_integer_kernel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ternary");
+    let s = run(
+        "fashion_mlp_ternary.toml",
+        &out,
+        &["train.epochs=1", "model.hidden=[64]", "log.every_steps=200"],
+    );
+    assert_eq!(s["layer_bits"]["fc1"], "ternary");
+    assert!(s["test_accuracy"].as_f64().unwrap() > 0.7);
+    let events = read_event_dir(&out.join("tb")).unwrap();
+    let fr: Vec<f32> = ["frac_neg", "frac_zero", "frac_pos"]
+        .iter()
+        .map(|f| {
+            scalars(&events, &format!("ternary/fc1/{f}"))
+                .last()
+                .unwrap()
+                .1
+        })
+        .collect();
+    assert!((fr.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{fr:?}");
+    assert!(
+        fr.iter().all(|f| *f > 0.05),
+        "all three codes in use: {fr:?}"
+    );
+
+    let ckpt = s["checkpoint"].as_str().unwrap().to_string();
+    let mut sizes = Vec::new();
+    for packing in ["bits2", "base3"] {
+        let file = tmp.path().join(format!("t-{packing}.safetensors"));
+        let f = file.to_string_lossy().to_string();
+        let stdout = ok(&[
+            "export",
+            &ckpt,
+            "--out",
+            &f,
+            "--ternary-packing",
+            packing,
+            "--verify",
+        ]);
+        let v = json_tail(&stdout);
+        assert_eq!(v["argmax_mismatches"], 0, "{packing}: {v}");
+        assert_eq!(
+            v["max_abs_logit_diff"].as_f64().unwrap(),
+            0.0,
+            "{packing}: {v}"
+        );
+        // Both Linear layers on the integer kernel (int8 activations × 2-bit codes, i32 sums).
+        assert_eq!(v["integer_layers"], 2);
+        let mism = v["integer_argmax_mismatches"].as_u64().unwrap();
+        assert!(
+            mism <= 10,
+            "{packing}: integer kernel changed {mism} of 10000 predictions"
+        );
+        assert!(
+            v["integer_max_abs_logit_diff"].as_f64().unwrap() < 0.05,
+            "{v}"
+        );
+        sizes.push(fs::metadata(&file).unwrap().len());
+    }
+    // 784·64 + 64·10 weights: 2 bits → 12,704 bytes; base 3 → 10,164 bytes.
+    assert!(sizes[1] + 2000 < sizes[0], "base-3 file smaller: {sizes:?}");
+}
+
+#[test]
+fn pruning_keeps_masked_weights_zero_and_resume_restores_masks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sets = [
+        "train.epochs=2",
+        "model.hidden=[64]",
+        "prune.start_step=100",
+        "prune.end_step=700",
+        "log.every_steps=100",
+    ];
+    let full = run(
+        "fashion_lenet300_gradual90.toml",
+        &tmp.path().join("full"),
+        &sets,
+    );
+    assert!(
+        (full["sparsity"].as_f64().unwrap() - 0.9).abs() < 1e-3,
+        "{full}"
+    );
+    assert!(full["test_accuracy"].as_f64().unwrap() > 0.75);
+    let nz = full["nonzero_params"].as_u64().unwrap() as usize;
+    let dense = 784 * 64 + 64 + 64 * 10 + 10;
+    assert!(nz < dense / 5, "{nz} of {dense}");
+    assert!(
+        full["model_bytes_sparse"].as_u64().unwrap()
+            < full["model_bytes_fp32"].as_u64().unwrap() / 3
+    );
+
+    // The target schedule and the achieved sparsity in TensorBoard.
+    let events = read_event_dir(&tmp.path().join("full/tb")).unwrap();
+    let target = scalars(&events, "prune/target_sparsity");
+    let actual = scalars(&events, "prune/sparsity");
+    assert!(target.first().unwrap().1 < 0.5 && (target.last().unwrap().1 - 0.9).abs() < 1e-6);
+    assert!((actual.last().unwrap().1 - 0.9).abs() < 1e-3);
+    assert!(!scalars(&events, "prune/fc1/sparsity").is_empty());
+
+    // Stopped after epoch 1 (mid-schedule) and resumed: identical final weights.
+    let cut = tmp.path().join("cut");
+    let mut one = sets.to_vec();
+    one[0] = "train.epochs=1";
+    run("fashion_lenet300_gradual90.toml", &cut, &one);
+    let cut_s = cut.to_string_lossy().to_string();
+    let mut args = vec![
+        "run",
+        "experiments/fashion_lenet300_gradual90.toml",
+        "--out",
+        cut_s.as_str(),
+        "--progress",
+        "quiet",
+        "--resume",
+    ];
+    for s in &sets {
+        args.push("--set");
+        args.push(s);
+    }
+    ok(&args);
+    let resumed: Value =
+        serde_json::from_str(&fs::read_to_string(cut.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(resumed["resumed_from_epoch"], 1);
+    assert_eq!(resumed["test_loss"], full["test_loss"]);
+    assert_eq!(resumed["nonzero_params"], full["nonzero_params"]);
+    let a = Checkpoint::read(Path::new(full["checkpoint"].as_str().unwrap())).unwrap();
+    let b = Checkpoint::read(Path::new(resumed["checkpoint"].as_str().unwrap())).unwrap();
+    assert_eq!(a.meta.global_step, b.meta.global_step);
+}
+
+#[test]
+fn distillation_live_teacher_equals_cached_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = run(
+        "quickstart.toml",
+        &tmp.path().join("teacher"),
+        &["train.epochs=1", "model.hidden=[48]"],
+    );
+    let tpath = teacher["checkpoint"].as_str().unwrap().to_string();
+    let tset = format!("distill.teacher=\"{tpath}\"");
+    let student_sets = ["train.epochs=1", "model.hidden=[16]", tset.as_str()];
+    let live = run(
+        "fashion_distill_mlp.toml",
+        &tmp.path().join("live"),
+        &student_sets,
+    );
+    assert_eq!(live["teacher_test_accuracy"], teacher["test_accuracy"]);
+    assert_eq!(live["distill"]["soft_weight"], 0.9);
+    assert!(live["test_accuracy"].as_f64().unwrap() > 0.7);
+    let events = read_event_dir(&tmp.path().join("live/tb")).unwrap();
+    for tag in [
+        "distill/soft_loss",
+        "distill/hard_loss",
+        "distill/agreement",
+        "distill/temperature",
+    ] {
+        assert!(!scalars(&events, tag).is_empty(), "{tag}");
+    }
+    let agree = scalars(&events, "distill/agreement");
+    assert!(agree.last().unwrap().1 > 0.6, "{agree:?}");
+
+    // The cache: same logits, so the very same run.
+    let recipe = "experiments/fashion_distill_mlp.toml";
+    ok(&["distill-cache", recipe, "--set", &tset]);
+    let mut cached_sets = student_sets.to_vec();
+    cached_sets.push("distill.cache_logits=true");
+    let cached = run(
+        "fashion_distill_mlp.toml",
+        &tmp.path().join("cached"),
+        &cached_sets,
+    );
+    assert_eq!(cached["test_loss"], live["test_loss"]);
+    assert_eq!(cached["distill"]["cached_logits"], true);
+
+    // A cache made by another teacher is refused.
+    let other = run(
+        "quickstart.toml",
+        &tmp.path().join("teacher2"),
+        &["train.epochs=1", "model.hidden=[8]"],
+    );
+    let other_ckpt = PathBuf::from(other["checkpoint"].as_str().unwrap());
+    fs::copy(
+        Path::new(&tpath).with_extension("logits"),
+        other_ckpt.with_extension("logits"),
+    )
+    .unwrap();
+    let oset = format!("distill.teacher=\"{}\"", other_ckpt.display());
+    let out2 = tmp.path().join("refused").to_string_lossy().to_string();
+    let err = fails(&[
+        "run",
+        recipe,
+        "--out",
+        &out2,
+        "--set",
+        "train.epochs=1",
+        "--set",
+        &oset,
+        "--set",
+        "distill.cache_logits=true",
+    ]);
+    assert!(err.contains("refused") || err.contains("teacher"), "{err}");
+
+    // A corrupt teacher file names the file.
+    let bad = tmp.path().join("bad.qck");
+    let bytes = fs::read(&tpath).unwrap();
+    fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    let bset = format!("distill.teacher=\"{}\"", bad.display());
+    let out3 = tmp.path().join("bad").to_string_lossy().to_string();
+    let err = fails(&["run", recipe, "--out", &out3, "--set", &bset]);
+    assert!(err.contains("bad.qck"), "{err}");
+}
+
+#[test]
+fn technique_recipes_reject_bad_values_naming_the_key() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "fashion_mlp_w4a8.toml",
+            "quant.layers.0.weight.bits=1",
+            &["bits"],
+        ),
+        (
+            "fashion_mlp_w4a8.toml",
+            "quant.layers.0.weight.bits=9",
+            &["bits"],
+        ),
+        (
+            "fashion_mlp_w4a8.toml",
+            "quant.layers.0.weight={bits=4, granularity=\"per_group\", group_size=5}",
+            &["group_size", "784"],
+        ),
+        (
+            "fashion_mlp_w4a8.toml",
+            "quant.layers.0.input={bits=8, estimator=\"percentile\", percentile=0.0}",
+            &["percentile"],
+        ),
+        (
+            "fashion_mlp_w4a8.toml",
+            "quant.layers.0.pattern=\"fc9\"",
+            &["fc9", "fc1, fc2, fc3"],
+        ),
+        (
+            "fashion_mlp_w4a8.toml",
+            "quant.layers.0.weight.bitz=4",
+            &["bitz"],
+        ),
+        (
+            "fashion_lenet300_gradual90.toml",
+            "prune.target_sparsity=1.0",
+            &["target_sparsity"],
+        ),
+        (
+            "fashion_lenet300_gradual90.toml",
+            "prune.end_step=10",
+            &["end_step"],
+        ),
+        (
+            "fashion_lenet300_gradual90.toml",
+            "prune.layers=[\"conv9\"]",
+            &["conv9", "fc1"],
+        ),
+        ("fashion_mlp_2of4.toml", "prune.n=4", &["prune.n"]),
+        ("fashion_mlp_2of4.toml", "prune.m=5", &["prune.m"]),
+        (
+            "fashion_lenet5_structured50.toml",
+            "prune.target_sparsity=0.999",
+            &["target_sparsity"],
+        ),
+        (
+            "fashion_distill_mlp.toml",
+            "distill.temperature=0",
+            &["distill.temperature"],
+        ),
+        (
+            "fashion_distill_mlp.toml",
+            "distill.alpha=1.5",
+            &["distill.alpha"],
+        ),
+    ];
+    for (recipe, set, needles) in cases {
+        let path = format!("experiments/{recipe}");
+        let err = fails(&["check", &path, "--set", set]);
+        for n in *needles {
+            assert!(err.contains(n), "{recipe} --set {set}: `{n}` not in: {err}");
+        }
+    }
+}
