@@ -429,3 +429,43 @@ fn technique_recipes_reject_bad_values_naming_the_key() {
         }
     }
 }
+
+#[test]
+fn a_float_checkpoint_is_fine_tuned_with_qat() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fp = run(
+        "quickstart.toml",
+        &tmp.path().join("fp"),
+        &["train.epochs=1", "model.hidden=[32]"],
+    );
+    let init = format!("train.init_from=\"{}\"", fp["checkpoint"].as_str().unwrap());
+    let sets = [
+        "train.epochs=1",
+        "model.hidden=[32]",
+        "log.every_steps=10",
+        init.as_str(),
+    ];
+    let qat = run("fashion_mlp_w4a8.toml", &tmp.path().join("qat"), &sets);
+    // The first logged loss is already that of a trained model (fresh init starts near ln 10).
+    let events = read_event_dir(&tmp.path().join("qat/tb")).unwrap();
+    let first = scalars(&events, "train/loss")[0].1;
+    assert!(
+        first < 0.8,
+        "first QAT loss {first}: the float weights were not loaded"
+    );
+    assert!(qat["test_accuracy"].as_f64().unwrap() > fp["test_accuracy"].as_f64().unwrap() - 0.02);
+    // A checkpoint of another architecture is refused, naming the tensor.
+    let recipe = "experiments/fashion_mlp_w4a8.toml";
+    let out = tmp.path().join("bad").to_string_lossy().to_string();
+    let err = fails(&[
+        "run",
+        recipe,
+        "--out",
+        &out,
+        "--set",
+        "model.hidden=[16]",
+        "--set",
+        &init,
+    ]);
+    assert!(err.contains("Mlp.layers.0.inner.weight"), "{err}");
+}

@@ -51,3 +51,56 @@ pub fn float_params<M: Module>(module: &M) -> Vec<ParamValues> {
     module.visit(&mut c);
     c.out
 }
+
+/// Replaces float parameters by path with `values` (same shapes), keeping each parameter's id
+/// and autodiff settings; returns the module and how many parameters were set.
+pub fn set_float_params<M: Module>(
+    module: M,
+    values: &std::collections::BTreeMap<String, ParamValues>,
+) -> (M, usize) {
+    let mut setter = Setter {
+        path: Vec::new(),
+        values,
+        set: 0,
+    };
+    let module = module.map(&mut setter);
+    (module, setter.set)
+}
+
+struct Setter<'a> {
+    path: Vec<String>,
+    values: &'a std::collections::BTreeMap<String, ParamValues>,
+    set: usize,
+}
+
+impl burn::module::ModuleMapper for Setter<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(v) = self.values.get(&self.path.join(".")) else {
+            return param;
+        };
+        let (id, tensor, mapper) = param.consume();
+        if tensor.dims().as_slice() != v.dims.as_slice() {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
+        let autodiff = tensor.is_autodiff();
+        let require_grad = tensor.is_require_grad();
+        let device = tensor.device();
+        let mut out: Tensor<D> = Tensor::from_data(
+            burn::tensor::TensorData::new(v.values.clone(), v.dims.clone()),
+            &device,
+        );
+        if autodiff && require_grad {
+            out = out.require_grad();
+        }
+        self.set += 1;
+        Param::from_mapped_value(id, out, mapper)
+    }
+}

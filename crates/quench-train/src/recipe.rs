@@ -267,6 +267,10 @@ pub enum LrScheduleKind {
 pub struct TrainConfig {
     /// Passes over the training set.
     pub epochs: usize,
+    /// Start from the weights of this checkpoint (e.g. a float run, to fine-tune it with QAT,
+    /// ternary layers or pruning); the architectures must match. Empty = fresh initialization.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub init_from: String,
     /// Samples per optimizer step.
     pub batch_size: usize,
     /// `adam`, `adamw` or `sgd`.

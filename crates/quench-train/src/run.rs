@@ -148,6 +148,48 @@ pub fn load_image_data(exp: &Experiment) -> Result<ImageData, TrainError> {
     Ok(ImageData { train, val, test })
 }
 
+/// Nonzero weights+biases and the bytes of the model in a sparse format: per weight tensor a
+/// bitmask (1 bit per element) plus the nonzero values — f32, or `bits`-wide integer codes for
+/// quantized layers (with their scales) — and dense f32 biases.
+fn sparse_size(layers: &[quench_models::ExportedLayer]) -> Result<(usize, usize), TrainError> {
+    use quench_quant::layer::ExportedWeight;
+    let mut nonzero = 0;
+    let mut bytes = 0;
+    for l in layers {
+        let n: usize = l.info.weight_shape.iter().product();
+        match &l.weight {
+            ExportedWeight::Float(w) => {
+                let enc = quench_prune::SparseTensor::encode(w, &l.info.weight_shape)?;
+                nonzero += enc.nnz();
+                bytes += enc.encoded_bytes();
+            }
+            ExportedWeight::Int {
+                codes,
+                scales,
+                zero_points,
+                bits,
+                ..
+            } => {
+                // A weight is zero exactly when its code equals its zero-point: 0 for symmetric
+                // specs (the weight default). With per-channel asymmetric zero-points, a code is
+                // counted as zero only when it is 0 (an upper bound on the size).
+                let z = match zero_points.first() {
+                    Some(&z0) if zero_points.iter().all(|&z| z == z0) => z0,
+                    _ => 0,
+                };
+                let nnz = codes.iter().filter(|c| **c != z).count();
+                nonzero += nnz;
+                bytes += n.div_ceil(8) + (nnz * *bits as usize).div_ceil(8) + 8 * scales.len();
+            }
+        }
+        if let Some(b) = &l.bias {
+            nonzero += b.iter().filter(|v| **v != 0.0).count();
+            bytes += 4 * b.len();
+        }
+    }
+    Ok((nonzero, bytes))
+}
+
 /// Per quantized layer: scale / zero-point / clip scalars, the weight quantization error and,
 /// for ternary / binary layers, the fractions of −1 / 0 / +1 codes.
 fn log_quant(logger: &mut Logger, model: &Classifier, step: u64) -> std::io::Result<()> {
@@ -206,6 +248,60 @@ fn count_correct(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1, Int> {
 pub fn build_model(exp: &Experiment, device: &Device) -> Result<Classifier, TrainError> {
     let plan = exp.layer_plan()?;
     Ok(exp.model.init(28 * 28, 10, &plan, device)?)
+}
+
+/// Copies the latent weights and biases of the checkpoint at `path` (any recipe with the same
+/// architecture, e.g. a float run) into `model` (e.g. its QAT / ternary / pruned version).
+pub fn init_from_checkpoint(
+    model: Classifier,
+    path: &Path,
+    device: &Device,
+) -> Result<Classifier, TrainError> {
+    let ckpt = Checkpoint::read(path)?;
+    let src_exp = Experiment::from_toml_str(&ckpt.meta.experiment_toml, path, &[])?;
+    let src = model_from_checkpoint(&src_exp, &ckpt, path, device)?;
+    let src_params: std::collections::BTreeMap<String, crate::params::ParamValues> =
+        float_params(&src)
+            .into_iter()
+            .map(|p| (p.path.clone(), p))
+            .collect();
+    let mut wanted = std::collections::BTreeMap::new();
+    for info in model.layer_infos() {
+        for (p, shape) in [
+            (info.weight_path(), info.weight_shape.clone()),
+            (
+                info.bias_path(),
+                vec![
+                    *info
+                        .weight_shape
+                        .get(if info.kind == quench_models::LayerKind::Linear {
+                            1
+                        } else {
+                            0
+                        })
+                        .unwrap_or(&0),
+                ],
+            ),
+        ] {
+            let v = src_params.get(&p).ok_or_else(|| {
+                TrainError::Record(format!(
+                    "train.init_from {}: has no tensor `{p}` (its model is {}, this recipe's is different)",
+                    path.display(),
+                    src_exp.model.describe(28 * 28, 10)
+                ))
+            })?;
+            if v.dims != shape {
+                return Err(TrainError::Record(format!(
+                    "train.init_from {}: tensor `{p}` has shape {:?}, this recipe's model needs {shape:?}",
+                    path.display(),
+                    v.dims
+                )));
+            }
+            wanted.insert(p, v.clone());
+        }
+    }
+    let (model, _) = crate::params::set_float_params(model, &wanted);
+    Ok(model)
 }
 
 /// Builds the classifier on `device` and loads the model section of `ckpt` into it.
@@ -296,6 +392,9 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
     device.seed(exp.seed);
     let train_device = device.clone().autodiff();
     let mut model = build_model(exp, &train_device)?;
+    if !exp.train.init_from.is_empty() && !opts.resume {
+        model = init_from_checkpoint(model, Path::new(&exp.train.init_from), &device)?;
+    }
     let t = &exp.train;
     let batches_per_epoch = if t.drop_last {
         data.train.len() / t.batch_size
@@ -671,37 +770,18 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
     };
     let (sparsity, nonzero_params, model_bytes_sparse, layer_sparsity) = match &pruner {
         Some(p) => {
-            let mut nonzero = 0usize;
-            let mut sparse_bytes = 0usize;
+            let report = p.report();
             let mut per_layer = std::collections::BTreeMap::new();
-            let (mut zeros, mut total) = (0usize, 0usize);
-            let pruned: std::collections::BTreeSet<&str> =
-                p.layers().iter().map(|l| l.name.as_str()).collect();
-            for l in &exported {
-                let mut tensors = Vec::new();
-                if let quench_quant::layer::ExportedWeight::Float(w) = &l.weight {
-                    tensors.push((w.clone(), l.info.weight_shape.clone(), true));
-                }
-                if let Some(b) = &l.bias {
-                    tensors.push((b.clone(), vec![b.len()], false));
-                }
-                for (values, shape, is_weight) in tensors {
-                    let nz = values.iter().filter(|v| **v != 0.0).count();
-                    nonzero += nz;
-                    let enc = quench_prune::SparseTensor::encode(&values, &shape)?;
-                    sparse_bytes += enc.encoded_bytes();
-                    if is_weight && pruned.contains(l.info.name.as_str()) {
-                        zeros += values.len() - nz;
-                        total += values.len();
-                        per_layer.insert(
-                            l.info.name.clone(),
-                            (values.len() - nz) as f64 / values.len().max(1) as f64,
-                        );
-                    }
-                }
+            for l in &report.layers {
+                let name = layer_names
+                    .iter()
+                    .find(|(path, _)| l.key.starts_with(&format!("{path}.")))
+                    .map_or(l.key.clone(), |(_, n)| n.clone());
+                per_layer.insert(name, l.sparsity);
             }
+            let (nonzero, sparse_bytes) = sparse_size(&exported)?;
             (
-                Some(zeros as f64 / total.max(1) as f64),
+                Some(report.sparsity),
                 Some(nonzero),
                 Some(sparse_bytes),
                 Some(per_layer),
