@@ -469,3 +469,70 @@ fn a_float_checkpoint_is_fine_tuned_with_qat() {
     ]);
     assert!(err.contains("Mlp.layers.0.inner.weight"), "{err}");
 }
+
+#[test]
+fn pruned_models_export_smaller_with_identical_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Structured: half of conv2's channels and fc1/fc2's neurons go away physically.
+    let s = run(
+        "fashion_lenet5_structured50.toml",
+        &tmp.path().join("st"),
+        &[
+            "train.epochs=1",
+            "prune.start_step=50",
+            "prune.end_step=300",
+        ],
+    );
+    assert!(
+        (s["layer_sparsity"]["conv2"].as_f64().unwrap() - 0.5).abs() < 1e-9,
+        "{s}"
+    );
+    let file = tmp.path().join("st.safetensors");
+    let stdout = ok(&[
+        "export",
+        s["checkpoint"].as_str().unwrap(),
+        "--out",
+        &file.to_string_lossy(),
+        "--verify",
+    ]);
+    let v = json_tail(&stdout);
+    assert_eq!(v["argmax_mismatches"], 0, "{v}");
+    assert!(v["max_abs_logit_diff"].as_f64().unwrap() < 1e-4, "{v}");
+    let bytes = fs::read(&file).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let shape = |n: &str| meta.tensors()[n].shape.clone();
+    assert_eq!(shape("conv2.weight"), vec![8, 6, 5, 5]);
+    assert_eq!(shape("fc1.weight"), vec![8 * 25, 60]);
+    assert_eq!(shape("fc2.weight"), vec![60, 42]);
+    assert_eq!(shape("fc3.weight"), vec![42, 10]);
+    assert!(bytes.len() * 3 < 61_706 * 4, "{} bytes", bytes.len());
+
+    // Unstructured: bitmask + nonzero values.
+    let g = run(
+        "fashion_lenet300_gradual90.toml",
+        &tmp.path().join("g"),
+        &[
+            "train.epochs=1",
+            "model.hidden=[64]",
+            "prune.start_step=50",
+            "prune.end_step=300",
+        ],
+    );
+    let file = tmp.path().join("g.safetensors");
+    let stdout = ok(&[
+        "export",
+        g["checkpoint"].as_str().unwrap(),
+        "--out",
+        &file.to_string_lossy(),
+        "--verify",
+    ]);
+    let v = json_tail(&stdout);
+    assert_eq!(v["argmax_mismatches"], 0, "{v}");
+    assert_eq!(v["max_abs_logit_diff"].as_f64().unwrap(), 0.0, "{v}");
+    let size = fs::metadata(&file).unwrap().len();
+    let sparse = g["model_bytes_sparse"].as_u64().unwrap();
+    assert!(
+        size < sparse + 4096 && size * 3 < g["model_bytes_fp32"].as_u64().unwrap(),
+        "{size}"
+    );
+}

@@ -266,6 +266,103 @@ fn pack_layer(
     Ok((tensors, meta))
 }
 
+/// A pruned float layer in the sparse format: bitmask + nonzero f32 values (`.weight.sparse`).
+fn pack_sparse(
+    l: &ExportedLayer,
+    path: &Path,
+) -> Result<(Vec<TensorBytes>, LayerMeta), TrainError> {
+    let (mut tensors, mut meta) = pack_layer(l, TernaryPacking::Bits2, path)?;
+    if let ExportedWeight::Float(w) = &l.weight {
+        let enc = quench_prune::SparseTensor::encode(w, &l.info.weight_shape)?;
+        let bytes = enc.to_bytes();
+        let name = format!("{}.weight", l.info.name);
+        tensors.retain(|t| t.0 != name);
+        tensors.push((
+            format!("{name}.sparse"),
+            Dtype::U8,
+            vec![bytes.len()],
+            bytes,
+        ));
+        meta.packing = "sparse".into();
+        meta.bytes = tensors.iter().map(|t| t.3.len()).sum();
+    }
+    Ok((tensors, meta))
+}
+
+/// Structured pruning made physical: output units (Linear columns, Conv output channels) whose
+/// weights and bias are all zero are removed, with the matching inputs of the next layer, so the
+/// exported model is really smaller and computes the same outputs.
+fn shrink_structured(layers: &mut [ExportedLayer], path: &Path) -> Result<(), TrainError> {
+    for i in 0..layers.len().saturating_sub(1) {
+        let (head, tail) = layers.split_at_mut(i + 1);
+        let l = &mut head[i];
+        let next = &mut tail[0];
+        let ExportedWeight::Float(w) = &l.weight else {
+            continue;
+        };
+        let shape = l.info.weight_shape.clone();
+        let out_axis = if l.info.kind == LayerKind::Linear {
+            1
+        } else {
+            0
+        };
+        let units = shape[out_axis];
+        let mut alive = vec![false; units];
+        for (k, &x) in w.iter().enumerate() {
+            if x != 0.0 {
+                alive[unit_of(k, &shape, out_axis)] = true;
+            }
+        }
+        if let Some(b) = &l.bias {
+            for (u, &x) in b.iter().enumerate() {
+                alive[u] |= x != 0.0;
+            }
+        }
+        let kept: Vec<usize> = (0..units).filter(|&u| alive[u]).collect();
+        if kept.len() == units {
+            continue;
+        }
+        if kept.is_empty() {
+            return Err(export_err(
+                path,
+                format!("layer {} has every unit pruned", l.info.name),
+            ));
+        }
+        let (nw, nshape) = quench_prune::sparse::select_along_axis(w, &shape, out_axis, &kept)?;
+        l.weight = ExportedWeight::Float(nw);
+        l.info.weight_shape = nshape;
+        l.bias = l
+            .bias
+            .as_ref()
+            .map(|b| kept.iter().map(|&u| b[u]).collect());
+        // The next layer's inputs: Linear rows (× features per unit after a conv flatten), or
+        // Conv input channels (axis 1).
+        let ExportedWeight::Float(nw) = &next.weight else {
+            return Err(export_err(
+                path,
+                format!("layer {} is quantized; cannot shrink", next.info.name),
+            ));
+        };
+        let nshape = next.info.weight_shape.clone();
+        let (vals, sh) = if next.info.kind == LayerKind::Linear {
+            let per = nshape[0] / units;
+            let rows: Vec<usize> = kept.iter().flat_map(|&u| u * per..(u + 1) * per).collect();
+            quench_prune::sparse::select_along_axis(nw, &nshape, 0, &rows)?
+        } else {
+            quench_prune::sparse::select_along_axis(nw, &nshape, 1, &kept)?
+        };
+        next.weight = ExportedWeight::Float(vals);
+        next.info.weight_shape = sh;
+    }
+    Ok(())
+}
+
+/// Index along `axis` of flat element `k` of a row-major tensor of `shape`.
+fn unit_of(k: usize, shape: &[usize], axis: usize) -> usize {
+    let inner: usize = shape[axis + 1..].iter().product();
+    (k / inner.max(1)) % shape[axis]
+}
+
 /// Bytes the model takes when exported (what `summary.json` reports as `model_bytes_packed`).
 pub fn packed_bytes(model: &Classifier) -> Result<usize, TrainError> {
     let mut total = 0;
@@ -286,22 +383,39 @@ pub fn export_checkpoint(
     let exp = Experiment::from_toml_str(&ckpt.meta.experiment_toml, ckpt_path, &[])?;
     let device = Device::flex();
     let model = model_from_checkpoint(&exp, &ckpt, ckpt_path, &device)?;
-    let layers = model.export_layers();
-    if layers.iter().all(|l| matches!(l.kind, LayerQuant::Float)) {
+    let mut layers = model.export_layers();
+    let fp32_bytes: usize = layers
+        .iter()
+        .map(|l| {
+            4 * (l.info.weight_shape.iter().product::<usize>()
+                + l.bias.as_ref().map_or(0, |b| b.len()))
+        })
+        .sum();
+    let all_float = layers.iter().all(|l| matches!(l.kind, LayerQuant::Float));
+    let sparse = match &exp.prune {
+        Some(p) if all_float && p.method.is_structured() => {
+            shrink_structured(&mut layers, ckpt_path)?;
+            false
+        }
+        Some(_) if all_float => true,
+        _ => false,
+    };
+    if all_float && exp.prune.is_none() {
         return Err(export_err(
             ckpt_path,
             "the checkpoint has no quantized layer (its recipe has no [[quant.layers]] rule), so \
-             there are no integers to export; nothing was written",
+             there are no integers to export (nor pruned weights to shrink or store sparse); \
+             nothing was written",
         ));
     }
     let mut tensors = Vec::new();
     let mut metas = Vec::new();
-    let mut fp32_bytes = 0;
     for l in &layers {
-        let (t, meta) = pack_layer(l, ternary, ckpt_path)?;
-        fp32_bytes += 4
-            * (l.info.weight_shape.iter().product::<usize>()
-                + l.bias.as_ref().map_or(0, |b| b.len()));
+        let (t, meta) = if sparse {
+            pack_sparse(l, ckpt_path)?
+        } else {
+            pack_layer(l, ternary, ckpt_path)?
+        };
         tensors.extend(t);
         metas.push(meta);
     }
@@ -471,6 +585,19 @@ impl PackedModel {
         let mut ternary = None;
         let values: Vec<f32> = if meta.packing == "float" {
             read_f32(st, &format!("{name}.weight"), path)?
+        } else if meta.packing == "sparse" {
+            let t = st
+                .tensor(&format!("{name}.weight.sparse"))
+                .map_err(|e| export_err(path, format!("tensor {name}.weight.sparse: {e}")))?;
+            let enc = quench_prune::SparseTensor::from_bytes(t.data())
+                .map_err(|e| export_err(path, format!("{name}: {e}")))?;
+            if enc.shape() != meta.shape.as_slice() {
+                return Err(export_err(
+                    path,
+                    format!("{name}: sparse shape {:?} ≠ {:?}", enc.shape(), meta.shape),
+                ));
+            }
+            enc.decode()
         } else {
             let codes_t = st
                 .tensor(&format!("{name}.weight.codes"))
@@ -819,6 +946,10 @@ pub struct VerifyReport {
     pub accuracy_packed: f64,
     /// Ternary Linear layers run on the integer kernel in the integer pass.
     pub integer_layers: usize,
+    /// Test-set inference samples/s of the checkpoint's model (batches of 1000, Flex).
+    pub samples_per_sec_checkpoint: f64,
+    /// The same for the exported model.
+    pub samples_per_sec_packed: f64,
     /// Argmax mismatches of the integer-kernel pass (when it has integer layers).
     pub integer_argmax_mismatches: usize,
     /// Largest |logit difference| of the integer-kernel pass.
@@ -854,10 +985,13 @@ pub fn verify_export(ckpt_path: &Path, file: &Path) -> Result<VerifyReport, Trai
         accuracy_checkpoint: 0.0,
         accuracy_packed: 0.0,
         integer_layers: packed.integer_layers(),
+        samples_per_sec_checkpoint: 0.0,
+        samples_per_sec_packed: 0.0,
         integer_argmax_mismatches: 0,
         integer_max_abs_logit_diff: 0.0,
     };
     let (mut ok_a, mut ok_b) = (0usize, 0usize);
+    let (mut t_model, mut t_packed) = (0.0f64, 0.0f64);
     let order: Vec<usize> = (0..test.len()).collect();
     let host = |t: Tensor<2>| {
         t.into_data()
@@ -867,8 +1001,12 @@ pub fn verify_export(ckpt_path: &Path, file: &Path) -> Result<VerifyReport, Trai
     };
     for idx in order.chunks(1000) {
         let batch = test.batch(idx, &device);
+        let t0 = std::time::Instant::now();
         let a = host(model.forward(batch.images.clone()));
+        let t1 = std::time::Instant::now();
         let b = host(packed.forward(batch.images.clone()));
+        t_model += (t1 - t0).as_secs_f64();
+        t_packed += t1.elapsed().as_secs_f64();
         let (aa, ab) = (argmax_rows(&a, 10), argmax_rows(&b, 10));
         for (k, &i) in idx.iter().enumerate() {
             let label = test.labels[i] as usize;
@@ -888,6 +1026,8 @@ pub fn verify_export(ckpt_path: &Path, file: &Path) -> Result<VerifyReport, Trai
             }
         }
     }
+    r.samples_per_sec_checkpoint = test.len() as f64 / t_model.max(1e-9);
+    r.samples_per_sec_packed = test.len() as f64 / t_packed.max(1e-9);
     r.accuracy_checkpoint = ok_a as f64 / test.len().max(1) as f64;
     r.accuracy_packed = ok_b as f64 / test.len().max(1) as f64;
     Ok(r)
