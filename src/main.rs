@@ -85,6 +85,15 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Keep only the model of a checkpoint (drop optimizer/scheduler state): a smaller file to
+    /// ship as a teacher or to `quench eval` / `quench export`; it cannot be resumed from.
+    Strip {
+        /// The checkpoint.
+        checkpoint: PathBuf,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Validate a recipe without running it.
     Check {
         /// The recipe (TOML).
@@ -178,6 +187,19 @@ fn real_main() -> Result<()> {
             println!(
                 "wrote teacher logits of {n} training samples to {}",
                 path.display()
+            );
+        }
+        Command::Strip { checkpoint, out } => {
+            let mut c = quench::train::Checkpoint::read(&checkpoint)
+                .with_context(|| format!("reading {}", checkpoint.display()))?;
+            c.sections.retain(|(name, _)| name == "model");
+            c.write(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "{} → {} ({} bytes, model only)",
+                checkpoint.display(),
+                out.display(),
+                std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0)
             );
         }
         Command::Check { recipe, set } => {
