@@ -94,6 +94,21 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Prune one layer at a time at several sparsities (no retraining) and report test accuracy.
+    Sensitivity {
+        /// A trained checkpoint (e.g. `runs/NAME/checkpoints/epoch-00005.qck`).
+        checkpoint: PathBuf,
+        /// Sparsities to try, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "0.3,0.5,0.7,0.8,0.9,0.95"
+        )]
+        sparsities: Vec<f64>,
+        /// Write `sensitivity/<layer>` curves here for TensorBoard.
+        #[arg(long)]
+        tb: Option<PathBuf>,
+    },
     /// Validate a recipe without running it.
     Check {
         /// The recipe (TOML).
@@ -201,6 +216,16 @@ fn real_main() -> Result<()> {
                 out.display(),
                 std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0)
             );
+        }
+        Command::Sensitivity {
+            checkpoint,
+            sparsities,
+            tb,
+        } => {
+            let r =
+                quench::train::sensitivity::sensitivity(&checkpoint, &sparsities, tb.as_deref())
+                    .with_context(|| format!("sensitivity of {}", checkpoint.display()))?;
+            print!("{}", r.table());
         }
         Command::Check { recipe, set } => {
             let exp = Experiment::load(&recipe, &set)?;

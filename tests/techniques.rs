@@ -536,3 +536,43 @@ fn pruned_models_export_smaller_with_identical_outputs() {
         "{size}"
     );
 }
+
+#[test]
+fn sensitivity_prunes_one_layer_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = run(
+        "quickstart.toml",
+        &tmp.path().join("fp"),
+        &["train.epochs=1", "model.hidden=[32]"],
+    );
+    let tb = tmp.path().join("sens");
+    let out = ok(&[
+        "sensitivity",
+        s["checkpoint"].as_str().unwrap(),
+        "--sparsities",
+        "0,0.5,0.99",
+        "--tb",
+        &tb.to_string_lossy(),
+    ]);
+    let acc = s["test_accuracy"].as_f64().unwrap();
+    assert!(
+        out.contains(&format!("baseline test accuracy {acc:.4}")),
+        "{out}"
+    );
+    let events = read_event_dir(&tb).unwrap();
+    for layer in ["fc1", "fc2"] {
+        let v = scalars(&events, &format!("sensitivity/{layer}"));
+        let steps: Vec<i64> = v.iter().map(|p| p.0).collect();
+        assert_eq!(steps, vec![0, 50, 99], "{layer}");
+        // 0 % pruned is the baseline; 99 % of one layer pruned must hurt.
+        assert!((v[0].1 as f64 - acc).abs() < 1e-6, "{layer}: {v:?}");
+        assert!((v[2].1 as f64) < acc - 0.1, "{layer}: {v:?}");
+    }
+    let err = fails(&[
+        "sensitivity",
+        s["checkpoint"].as_str().unwrap(),
+        "--sparsities",
+        "1.0",
+    ]);
+    assert!(err.contains("1"), "{err}");
+}

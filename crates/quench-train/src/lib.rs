@@ -12,6 +12,7 @@ pub mod params;
 pub mod progress;
 pub mod recipe;
 pub mod run;
+pub mod sensitivity;
 pub mod tb_reader;
 pub mod tensorboard;
 
