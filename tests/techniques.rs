@@ -576,3 +576,48 @@ fn sensitivity_prunes_one_layer_at_a_time() {
     ]);
     assert!(err.contains("1"), "{err}");
 }
+
+#[test]
+fn qat_resume_restores_observer_ranges_and_lsq_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    // LSQ weights (learned steps) + moving-average input observers: all quantizer state.
+    let sets = [
+        "train.epochs=2",
+        "model.hidden=[16]",
+        "log.every_steps=1000",
+    ];
+    let full = run("fashion_mlp_w2a8_lsq.toml", &tmp.path().join("full"), &sets);
+    let cut = tmp.path().join("cut");
+    run(
+        "fashion_mlp_w2a8_lsq.toml",
+        &cut,
+        &[
+            "train.epochs=1",
+            "model.hidden=[16]",
+            "log.every_steps=1000",
+        ],
+    );
+    let cut_s = cut.to_string_lossy().to_string();
+    let mut args = vec![
+        "run",
+        "experiments/fashion_mlp_w2a8_lsq.toml",
+        "--out",
+        &cut_s,
+        "--progress",
+        "quiet",
+        "--resume",
+    ];
+    for s in &sets {
+        args.push("--set");
+        args.push(s);
+    }
+    ok(&args);
+    let resumed: Value =
+        serde_json::from_str(&fs::read_to_string(cut.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(resumed["resumed_from_epoch"], 1);
+    assert_eq!(
+        resumed["test_loss"], full["test_loss"],
+        "quantizer state lost on resume"
+    );
+    assert_eq!(resumed["test_accuracy"], full["test_accuracy"]);
+}

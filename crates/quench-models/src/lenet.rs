@@ -3,7 +3,7 @@
 
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{LinearConfig, PaddingConfig2d, Relu};
+use burn::nn::{PaddingConfig2d, Relu};
 use burn::prelude::*;
 use quench_quant::layer::{QuantConv2d, QuantLinear};
 
@@ -134,19 +134,7 @@ impl ConvNetConfig {
             )
             .map_err(|e| ModelError::Quant(name.to_string(), e))
         };
-        let fcs = self
-            .fc_dims()
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| {
-                let name = format!("fc{}", i + 1);
-                QuantLinear::from_linear(
-                    LinearConfig::new(w[0], w[1]).init(device),
-                    &plan.get(&name),
-                )
-                .map_err(|e| ModelError::Quant(name, e))
-            })
-            .collect::<Result<_, _>>()?;
+        let fcs = crate::mlp::linear_stack(&self.fc_dims(), plan, device)?;
         Ok(ConvNet {
             conv1: conv("conv1", [1, self.channels[0]], p1)?,
             conv2: conv("conv2", self.channels, p2)?,

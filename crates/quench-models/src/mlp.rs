@@ -26,6 +26,23 @@ pub struct Mlp {
     activation: Relu,
 }
 
+/// Fully connected layers `dims[0] → dims[1] → …`, named `fc1`, `fc2`, …, each built as `plan`
+/// says (shared by the MLP and the conv nets' heads).
+pub(crate) fn linear_stack(
+    dims: &[usize],
+    plan: &LayerPlan,
+    device: &Device,
+) -> Result<Vec<QuantLinear>, ModelError> {
+    dims.windows(2)
+        .enumerate()
+        .map(|(i, w)| {
+            let name = format!("fc{}", i + 1);
+            QuantLinear::from_linear(LinearConfig::new(w[0], w[1]).init(device), &plan.get(&name))
+                .map_err(|e| ModelError::Quant(name, e))
+        })
+        .collect()
+}
+
 impl MlpConfig {
     /// Builds the MLP on `device` with burn's default (Kaiming-uniform) initialisation; each
     /// layer is float, fake-quantized, ternary or binary as `plan` says for its name.
@@ -33,18 +50,7 @@ impl MlpConfig {
         let mut dims = vec![self.input];
         dims.extend(&self.hidden);
         dims.push(self.classes);
-        let layers = dims
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| {
-                let name = format!("fc{}", i + 1);
-                QuantLinear::from_linear(
-                    LinearConfig::new(w[0], w[1]).init(device),
-                    &plan.get(&name),
-                )
-                .map_err(|e| ModelError::Quant(name, e))
-            })
-            .collect::<Result<_, _>>()?;
+        let layers = linear_stack(&dims, plan, device)?;
         Ok(Mlp {
             layers,
             activation: Relu::new(),

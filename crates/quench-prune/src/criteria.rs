@@ -458,3 +458,57 @@ mod tests {
         assert!(units_to_mask(&[2, 3], 1, &[T]).is_err());
     }
 }
+
+/// Random unstructured mask: the `random` baseline. Each element gets a fixed pseudo-random
+/// score from `(seed, key, index)` (SplitMix64, so runs are reproducible and later updates of
+/// a schedule prune a superset), and the lowest scores are pruned exactly as magnitude pruning
+/// prunes the smallest |w|.
+pub fn random_mask(
+    w: WeightRef,
+    sparsity: f64,
+    seed: u64,
+    prev: Option<&Mask>,
+) -> Result<Mask, PruneError> {
+    let key_hash = w.key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    let scores: Vec<f32> = (0..w.values.len() as u64)
+        .map(|i| {
+            let mut z = seed ^ key_hash ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            // 24 random bits → an exactly representable f32 in [1, 2^24].
+            ((z >> 40) + 1) as f32
+        })
+        .collect();
+    magnitude_mask(WeightRef::new(w.key, &scores, w.shape)?, sparsity, prev)
+}
+
+#[cfg(test)]
+mod random_tests {
+    use super::*;
+
+    #[test]
+    fn random_mask_prunes_the_exact_count_reproducibly_and_monotonically() {
+        let values: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+        let w = WeightRef::new("l.weight", &values, &[10, 100]).unwrap();
+        let a = random_mask(w, 0.3, 7, None).unwrap();
+        assert_eq!(a.pruned(), 300);
+        assert_eq!(
+            random_mask(w, 0.3, 7, None).unwrap(),
+            a,
+            "same seed, same mask"
+        );
+        let other = random_mask(w, 0.3, 8, None).unwrap();
+        assert_ne!(other, a, "another seed, another mask");
+        // Not magnitude: some of the 300 largest weights are pruned.
+        assert!(a.keep()[700..].iter().any(|k| !k));
+        let b = random_mask(w, 0.6, 7, Some(&a)).unwrap();
+        assert_eq!(b.pruned(), 600);
+        assert!(
+            a.keep().iter().zip(b.keep()).all(|(ka, kb)| *ka || !*kb),
+            "monotone"
+        );
+    }
+}

@@ -221,6 +221,9 @@ impl Pruner {
                     let prev = self.masks.get(&l.weight_path);
                     let mask = match method {
                         PruneMethod::Magnitude => magnitude_mask(*w, target, prev)?,
+                        PruneMethod::Random => {
+                            crate::criteria::random_mask(*w, target, self.spec.seed, prev)?
+                        }
                         PruneMethod::NM => {
                             n_m_mask(*w, self.spec.n, self.spec.m, l.input_axis, prev)?
                         }

@@ -22,6 +22,9 @@ pub enum PruneMethod {
     /// Semi-structured N:M: keep the `n` largest `|w|` of every `m` consecutive input weights.
     #[serde(rename = "n_m")]
     NM,
+    /// Unstructured, uniformly random (seeded): the baseline every criterion should beat.
+    #[serde(rename = "random")]
+    Random,
 }
 
 impl PruneMethod {
@@ -32,6 +35,7 @@ impl PruneMethod {
             Self::StructuredL1 => "structured_l1",
             Self::StructuredL2 => "structured_l2",
             Self::NM => "n_m",
+            Self::Random => "random",
         }
     }
 
@@ -114,6 +118,8 @@ pub struct PruneSpec {
     pub rewind: bool,
     /// Glob patterns over layer names selecting the layers to prune.
     pub layers: Vec<String>,
+    /// Seed of the `random` criterion.
+    pub seed: u64,
 }
 
 impl Default for PruneSpec {
@@ -132,6 +138,7 @@ impl Default for PruneSpec {
             iterations: 1,
             rewind: false,
             layers: vec!["*".to_string()],
+            seed: 0,
         }
     }
 }
@@ -268,7 +275,7 @@ mod tests {
     #[test]
     fn unknown_fields_and_values_rejected() {
         assert!(parse("sparsity = 0.5").is_err());
-        assert!(parse(r#"method = "random""#).is_err());
+        assert!(parse(r#"method = "random_walk""#).is_err());
         assert!(parse(r#"schedule = "exponential""#).is_err());
     }
 

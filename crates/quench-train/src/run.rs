@@ -148,6 +148,14 @@ pub fn load_image_data(exp: &Experiment) -> Result<ImageData, TrainError> {
     Ok(ImageData { train, val, test })
 }
 
+/// The layer name (`fc1`) of a parameter path (`Mlp.layers.0.inner.weight`), or the path.
+fn layer_name_of<'a>(layers: &'a [(String, String)], key: &'a str) -> &'a str {
+    layers
+        .iter()
+        .find(|(path, _)| key.starts_with(&format!("{path}.")))
+        .map_or(key, |(_, n)| n.as_str())
+}
+
 /// Nonzero weights+biases and the bytes of the model in a sparse format: per weight tensor a
 /// bitmask (1 bit per element) plus the nonzero values — f32, or `bits`-wide integer codes for
 /// quantized layers (with their scales) — and dense f32 biases.
@@ -653,10 +661,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
                         .scalar("prune/sparsity", r.sparsity, global_step)
                         .map_err(log_io)?;
                     for l in &r.layers {
-                        let name = layer_names
-                            .iter()
-                            .find(|(path, _)| l.key.starts_with(&format!("{path}.")))
-                            .map_or(l.key.as_str(), |(_, n)| n.as_str());
+                        let name = layer_name_of(&layer_names, &l.key);
                         logger
                             .scalar(&format!("prune/{name}/sparsity"), l.sparsity, global_step)
                             .map_err(log_io)?;
@@ -773,10 +778,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
             let report = p.report();
             let mut per_layer = std::collections::BTreeMap::new();
             for l in &report.layers {
-                let name = layer_names
-                    .iter()
-                    .find(|(path, _)| l.key.starts_with(&format!("{path}.")))
-                    .map_or(l.key.clone(), |(_, n)| n.clone());
+                let name = layer_name_of(&layer_names, &l.key).to_string();
                 per_layer.insert(name, l.sparsity);
             }
             let (nonzero, sparse_bytes) = sparse_size(&exported)?;
