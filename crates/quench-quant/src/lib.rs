@@ -8,6 +8,7 @@ pub mod observer;
 pub mod pack;
 pub mod qparams;
 pub mod quantizer;
+pub mod reparam;
 pub mod spec;
 pub mod ste;
 pub mod ternary;
