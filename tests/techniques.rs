@@ -290,7 +290,7 @@ fn distillation_live_teacher_equals_cached_logits() {
         &student_sets,
     );
     assert_eq!(live["teacher_test_accuracy"], teacher["test_accuracy"]);
-    assert_eq!(live["distill"]["soft_weight"], 0.9);
+    assert_eq!(live["distill"]["soft_weight"], 0.5);
     assert!(live["test_accuracy"].as_f64().unwrap() > 0.7);
     let events = read_event_dir(&tmp.path().join("live/tb")).unwrap();
     for tag in [
