@@ -489,6 +489,50 @@ mod tests {
     }
 
     #[test]
+    fn observing_a_trained_weight_builds_no_autodiff_graph() {
+        // `detach` keeps a leaf parameter's require-grad; ranges computed from it would join an
+        // autodiff graph that is never consumed and grows every step.
+        let d = Device::flex().autodiff();
+        let o = RangeObserver::new(&spec(Estimator::MinMax), 2, &d).unwrap();
+        let l = layout(&[2, 2], Granularity::PerChannel, 1);
+        for _ in 0..3 {
+            o.observe(t2(&[1.0, -2.0, 0.5, 3.0], [2, 2], &d).require_grad(), &l);
+        }
+        let (mn, mx) = o.range().unwrap();
+        assert!(!mn.is_tracked() && !mx.is_tracked());
+        // the state keeps the module's device kind (autodiff here)
+        assert!(mn.is_autodiff());
+        assert_eq!((vals(mn), vals(mx)), (vec![0.5, -2.0], vec![1.0, 3.0]));
+    }
+
+    #[test]
+    fn host_scalar_records_loads_and_shares_like_running_state() {
+        let d = Device::flex();
+        let a = HostScalar::new(0.0, &d);
+        let shared = a.clone();
+        a.set(3.0);
+        assert_eq!(shared.get(), 3.0, "clones share the value");
+        let own = a.with_value(5.0);
+        assert_eq!((a.get(), own.get()), (3.0, 5.0));
+        let valid = a.valid();
+        a.set(4.0);
+        assert_eq!(valid.get(), 3.0, "valid() is a snapshot");
+        // record round trip: the last set value is recorded, and loading reads it back
+        let bytes = a.clone().into_record().into_bytes().unwrap();
+        let fresh = HostScalar::new(0.0, &d);
+        let loaded = fresh.load_record(burn::store::ModuleRecord::from_bytes(bytes).unwrap());
+        assert_eq!(loaded.get(), 4.0);
+        // other mappers (device moves, optimizers) keep the host value
+        let moved = loaded.to_device(&d).map(&mut NoopMapper);
+        assert_eq!(moved.get(), 4.0);
+        assert_eq!(vals(moved.tensor()), vec![4.0]);
+    }
+
+    struct NoopMapper;
+
+    impl ModuleMapper for NoopMapper {}
+
+    #[test]
     fn learned_estimators_have_no_observer() {
         let e = RangeObserver::new(&spec(Estimator::Lsq), 1, &Device::flex()).unwrap_err();
         assert_eq!(e.field(), "estimator");

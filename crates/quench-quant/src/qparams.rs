@@ -17,7 +17,7 @@
 //! `Linear` weight `[d_in, d_out]` that is axis 0 — separately for every index of the other axes.
 //! Flattened per-scale vectors are in the row-major order of the stat shape.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::error::QuantError;
 use crate::spec::{Granularity, QuantSpec};
@@ -172,14 +172,41 @@ impl QuantLayout {
 
     /// Per-scale `(min, max)` of `x`, flattened in stat-shape order.
     ///
-    /// Every reduction runs along the contiguous last axis (a row scan, the fast kernel on CPU
-    /// backends; reducing a leading axis walks memory with a stride): per-tensor ranges reduce
-    /// the rows of the tensor's own last axis, then the row results; per-channel ranges with
-    /// leading axes take one transposed copy shared by both reductions.
+    /// Reductions along the contiguous last axis use burn's row-scan kernels: per-tensor ranges
+    /// reduce the rows of the tensor's own last axis, then the row results. Reductions across
+    /// leading axes with a contiguous trailing block — the output channels of a `Linear` weight
+    /// `[d_in, d_out]`, the groups of a per-group weight — are strided walks or a transposed
+    /// copy with burn's ops (the dominant cost of a fake-quant training step on CPU); on the
+    /// Flex CPU backend, whose tensors already live in host memory, they are one pass over the
+    /// data instead ([`host_min_max`]). Both give the same values (min/max are exact, NaN
+    /// propagates).
     pub fn min_max<const D: usize>(&self, x: Tensor<D>) -> (Tensor<1>, Tensor<1>) {
         let n = self.num_scales();
         let [p, g, s, q] = self.view;
         let last = self.shape[self.shape.len() - 1];
+        if x.dtype() == DType::F32 && x.device() == Device::flex() {
+            // (outer, len, inner) of a middle-axis reduction, where the layout has one
+            let numel = p * g * s * q;
+            let strided = match self.granularity {
+                Granularity::PerChannel if p > 1 && q == 1 => Some((1, p, g)),
+                Granularity::PerGroup if q > 1 => Some((p * g, s, q)),
+                // any [_, 16] split of the data: 16-wide column extremes, then those 16
+                Granularity::PerTensor if numel % 16 == 0 && numel >= 1024 => {
+                    Some((1, numel / 16, 16))
+                }
+                _ => None,
+            };
+            if let Some((outer, len, inner)) = strided {
+                let device = x.device();
+                let (mut min, mut max) = host_min_max(x, outer, len, inner);
+                if self.granularity == Granularity::PerTensor {
+                    min = vec![min.into_iter().reduce(nan_min).unwrap_or(f32::NAN)];
+                    max = vec![max.into_iter().reduce(nan_max).unwrap_or(f32::NAN)];
+                }
+                let flat = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [n]), &device);
+                return (flat(min), flat(max));
+            }
+        }
         match self.granularity {
             Granularity::PerTensor if last > 1 && last < p * g * s * q => {
                 let rows = x.reshape([p * g * s * q / last, last]);
@@ -240,6 +267,126 @@ impl QuantLayout {
             }
             Granularity::PerGroup => None,
         }
+    }
+}
+
+/// Min and max of `x` (f32, on the Flex CPU device), seen as `[outer, len, inner]`, over the
+/// middle axis: `outer·inner` results in row-major order. One pass over the data, in memory
+/// order (over a copy of it: the tensor is usually shared, with its parameter or the graph);
+/// NaN propagates, as in burn's reductions.
+fn host_min_max<const D: usize>(
+    x: Tensor<D>,
+    outer: usize,
+    len: usize,
+    inner: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let data = x.into_data();
+    let values = data
+        .as_slice::<f32>()
+        .expect("host_min_max is only called on f32 tensors");
+    assert_eq!(values.len(), outer * len * inner);
+    let mut min = vec![0.0; outer * inner];
+    let mut max = vec![0.0; outer * inner];
+    for o in 0..outer {
+        let block = &values[o * len * inner..(o + 1) * len * inner];
+        let (mn, mx) = (
+            &mut min[o * inner..(o + 1) * inner],
+            &mut max[o * inner..(o + 1) * inner],
+        );
+        column_min_max(block, inner, mn, mx);
+    }
+    (min, max)
+}
+
+/// `min` that propagates NaN (`f32::min` drops it).
+fn nan_min(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.min(b)
+    }
+}
+
+/// `max` that propagates NaN (`f32::max` drops it).
+fn nan_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+/// Per-column min and max of the row-major `[rows, cols]` matrix `block` into `min`/`max`
+/// (`cols` long each).
+fn column_min_max(block: &[f32], cols: usize, min: &mut [f32], max: &mut [f32]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: AVX is available (checked above).
+        done = unsafe { avx::column_min_max(block, cols, min, max) };
+    }
+    for j in done..cols {
+        let (mut a, mut b) = (f32::INFINITY, f32::NEG_INFINITY);
+        for v in block.iter().skip(j).step_by(cols) {
+            // `v < a` / `v > b` are false for NaN, so test it too: a NaN sticks.
+            if *v < a || v.is_nan() {
+                a = *v;
+            }
+            if *v > b || v.is_nan() {
+                b = *v;
+            }
+        }
+        min[j] = a;
+        max[j] = b;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    /// Columns per pass: 16 f32 = one 64-byte cache line of each row.
+    const STRIP: usize = 16;
+
+    /// [`super::column_min_max`] for the leading multiple of 16 columns; returns how many columns
+    /// it did.
+    ///
+    /// # Safety
+    /// The CPU must support AVX.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn column_min_max(
+        block: &[f32],
+        cols: usize,
+        min: &mut [f32],
+        max: &mut [f32],
+    ) -> usize {
+        let rows = block.len() / cols;
+        let strips = cols / STRIP * STRIP;
+        let ptr = block.as_ptr();
+        for j in (0..strips).step_by(STRIP) {
+            let mut mn = [_mm256_set1_ps(f32::INFINITY); 2];
+            let mut mx = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
+            let mut nan = [_mm256_setzero_ps(); 2];
+            for r in 0..rows {
+                for k in 0..2 {
+                    // SAFETY: `r·cols + j + 8k + 8 <= rows·cols = block.len()`.
+                    let v = unsafe { _mm256_loadu_ps(ptr.add(r * cols + j + 8 * k)) };
+                    mn[k] = _mm256_min_ps(mn[k], v);
+                    mx[k] = _mm256_max_ps(mx[k], v);
+                    nan[k] = _mm256_or_ps(nan[k], _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+                }
+            }
+            for k in 0..2 {
+                // `min_ps` drops a NaN met earlier; OR-ing the all-ones NaN mask restores it.
+                let (a, b) = (_mm256_or_ps(mn[k], nan[k]), _mm256_or_ps(mx[k], nan[k]));
+                // SAFETY: `j + 8k + 8 <= strips <= cols = min.len() = max.len()`.
+                unsafe {
+                    _mm256_storeu_ps(min.as_mut_ptr().add(j + 8 * k), a);
+                    _mm256_storeu_ps(max.as_mut_ptr().add(j + 8 * k), b);
+                }
+            }
+        }
+        strips
     }
 }
 
@@ -367,6 +514,77 @@ mod tests {
         let l = QuantLayout::new(&[2, 3, 5], PerTensor, 7, None).unwrap();
         assert_eq!((l.num_scales(), l.per_scale()), (1, 30));
         assert!(QuantLayout::new(&[2, 0], PerTensor, 0, None).is_err());
+    }
+
+    /// Per-scale extremes by burn's row reductions over `rows()` (the device-agnostic path).
+    fn by_rows<const D: usize>(l: &QuantLayout, x: Tensor<D>) -> (Vec<f32>, Vec<f32>) {
+        let rows = l.rows(x);
+        (vals(rows.clone().min_dim(1)), vals(rows.max_dim(1)))
+    }
+
+    #[test]
+    fn host_reductions_match_burn_row_reductions() {
+        let d = Device::flex();
+        // 37 columns: two 16-wide strips and a scalar tail; a NaN in one column
+        let (r, c) = (29, 37);
+        let mut xs: Vec<f32> = (0..r * c)
+            .map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0)
+            .collect();
+        xs[5 * c + 3] = f32::NAN; // column 3 (a strip)
+        xs[7 * c + 35] = f32::NAN; // column 35 (the tail)
+        let x = t2(&xs, [r, c], &d);
+        let same = |a: Vec<f32>, b: Vec<f32>| {
+            assert_eq!(a.len(), b.len());
+            for (i, (u, v)) in a.iter().zip(&b).enumerate() {
+                assert!(
+                    u == v || (u.is_nan() && v.is_nan()),
+                    "scale {i}: {u} vs {v}"
+                );
+            }
+        };
+        for (g, axis, group) in [
+            (PerChannel, 1, None),
+            (PerChannel, 0, None),
+            (PerGroup, 0, Some(29)),
+            (PerTensor, 0, None),
+        ] {
+            let l = QuantLayout::new(&[r, c], g, axis, group).unwrap();
+            let (mn, mx) = l.min_max(x.clone());
+            let (want_mn, want_mx) = by_rows(&l, x.clone());
+            if g == PerTensor {
+                // burn's full reduction, NaN included
+                assert!(vals(mn).iter().all(|v| v.is_nan()));
+                assert!(vals(mx).iter().all(|v| v.is_nan()));
+                continue;
+            }
+            same(vals(mn), want_mn);
+            same(vals(mx), want_mx);
+        }
+        // per-tensor without NaN, large enough for the host path, and on an autodiff device
+        // (`f32::max` drops the NaNs)
+        let x = t2(
+            &xs[..16 * 64]
+                .iter()
+                .map(|v| v.max(-4.0))
+                .collect::<Vec<_>>(),
+            [16, 64],
+            &d,
+        );
+        let l = QuantLayout::new(&[16, 64], PerTensor, 0, None).unwrap();
+        let (mn, mx) = l.min_max(x.clone().autodiff());
+        same(vals(mn), vec![vals(x.clone().min())[0]]);
+        same(vals(mx), vec![vals(x.clone().max())[0]]);
+        let with_nan = x.slice_assign([3..4, 50..51], Tensor::full([1, 1], f32::NAN, &d));
+        let (mn, mx) = l.min_max(with_nan);
+        assert!(vals(mn)[0].is_nan() && vals(mx)[0].is_nan());
+        // per-group with trailing axes: groups of 4 along axis 1 of [3, 8, 20]
+        let xs3: Vec<f32> = (0..480).map(|i| ((i * 31) % 97) as f32 - 40.0).collect();
+        let x3 = t3(&xs3, [3, 8, 20], &d);
+        let l = QuantLayout::new(&[3, 8, 20], PerGroup, 1, Some(4)).unwrap();
+        let (mn, mx) = l.min_max(x3.clone());
+        let (want_mn, want_mx) = by_rows(&l, x3);
+        same(vals(mn), want_mn);
+        same(vals(mx), want_mx);
     }
 
     #[test]

@@ -503,6 +503,7 @@ mod tests {
     use super::*;
     use crate::ste::tests::{assert_close, t1, t2, vals};
     use burn::store::ModuleRecord;
+    use burn::tensor::TensorData;
 
     fn round_trip(q: Quantizer, fresh: Quantizer) -> Quantizer {
         let bytes = q.into_record().into_bytes().unwrap();
@@ -895,6 +896,58 @@ mod tests {
         assert_close(&vals(s), &[0.02], 1e-7);
         assert_eq!(loaded.act_q.observer().unwrap().updates(), 1);
         std::fs::remove_file(&path).ok();
+    }
+
+    #[test]
+    fn activation_codes_reproduce_forward_bit_exactly() {
+        let d = Device::flex().autodiff();
+        let xs: Vec<f32> = (0..60)
+            .map(|i| (i as f32 * 0.61).sin() * 3.3 + 0.4)
+            .collect();
+        let x = Tensor::<3>::from_data(TensorData::new(xs, [3, 4, 5]), &d);
+        for sp in [
+            QuantSpec {
+                symmetric: false,
+                estimator: Estimator::MovingAverage,
+                ..QuantSpec::default()
+            },
+            QuantSpec {
+                bits: 4,
+                granularity: Granularity::PerToken,
+                ..QuantSpec::default()
+            },
+            QuantSpec {
+                bits: 3,
+                signed: false,
+                symmetric: false,
+                granularity: Granularity::PerToken,
+                ..QuantSpec::default()
+            },
+        ] {
+            let q = Quantizer::for_activation(&sp, &d).unwrap();
+            let y = vals(q.forward(x.clone(), true));
+            let (codes, scales, zps) = q.quantize_to_int(x.clone());
+            let per = if scales.len() == 1 { 60 } else { 5 };
+            for (i, c) in codes.iter().enumerate() {
+                let k = i / per;
+                assert_eq!(y[i], (*c - zps[k]) as f32 * scales[k], "{sp:?} element {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn enable_flag_is_a_host_value_kept_by_valid_and_records() {
+        let d = Device::flex().autodiff();
+        let q = Quantizer::for_activation(&QuantSpec::default(), &d).unwrap();
+        let off = q.set_enabled(false);
+        assert!(!off.valid().is_enabled());
+        let on = off.set_enabled(true);
+        assert!(on.valid().is_enabled());
+        let loaded = round_trip(
+            on.set_enabled(false),
+            Quantizer::for_activation(&QuantSpec::default(), &d).unwrap(),
+        );
+        assert!(!loaded.is_enabled());
     }
 
     #[test]

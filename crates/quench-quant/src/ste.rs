@@ -76,15 +76,26 @@ pub(crate) fn fake_quantize_affine<const D: usize>(
 /// nearest even), bit-for-bit what `round` gives.
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
-/// `round(v)` (half to even). Two additions instead of burn's `round`, which is a scalar
-/// `roundf` loop on CPU backends (10x slower). Used only where it cannot differ from `round`: f32
-/// values, and a code range so small (`|q| < 2^20`) that every `|v| >= 2^22`, where the trick
-/// could be a unit off, is clamped to the same code and marked out of range either way.
-fn round_codes<const D: usize>(v: Tensor<D>, qmin: i32, qmax: i32) -> Tensor<D> {
-    if v.dtype() == DType::F32 && qmin.unsigned_abs().max(qmax.unsigned_abs()) < (1 << 20) {
-        v.add_scalar(ROUND_MAGIC).sub_scalar(ROUND_MAGIC)
-    } else {
-        v.round()
+/// `round(v) + zp` (half to even; `zp` an optional integer-valued tensor broadcasting onto `v`).
+///
+/// On f32 with a small code range (`|qmin|, |qmax| < 2^20`) this is two additions,
+/// `(v + M) - (M - zp)`, instead of burn's `round` (a scalar `roundf` loop on CPU backends, 10x
+/// slower) plus an add: for `|v| < 2^22` both are exact integer arithmetic, and every larger
+/// `|v|`, where the trick could be a unit off, lands far outside `[qmin, qmax]` either way — so
+/// the clamped codes and the in-range mask are bit-for-bit those of `round(v) + zp`.
+fn round_add_zp<const D: usize>(
+    v: Tensor<D>,
+    zero_point: Option<Tensor<D>>,
+    qmin: i32,
+    qmax: i32,
+) -> Tensor<D> {
+    let magic = v.dtype() == DType::F32 && qmin.unsigned_abs().max(qmax.unsigned_abs()) < (1 << 20);
+    match (magic, zero_point) {
+        (true, None) => v.add_scalar(ROUND_MAGIC).sub_scalar(ROUND_MAGIC),
+        // `M - zp` is exact (integers below 2^24), so is the subtraction of it.
+        (true, Some(zp)) => v.add_scalar(ROUND_MAGIC) - zp.neg().add_scalar(ROUND_MAGIC),
+        (false, None) => v.round(),
+        (false, Some(zp)) => v.round() + zp,
     }
 }
 
@@ -96,11 +107,8 @@ fn raw_and_codes<const D: usize>(
     qmin: i32,
     qmax: i32,
 ) -> (Tensor<D>, Tensor<D>) {
-    let rounded = round_codes(x.without_autodiff() / scale.without_autodiff(), qmin, qmax);
-    let raw = match zero_point {
-        Some(zp) => rounded + zp.without_autodiff(),
-        None => rounded,
-    };
+    let v = x.without_autodiff() / scale.without_autodiff();
+    let raw = round_add_zp(v, zero_point.map(Tensor::without_autodiff), qmin, qmax);
     // Two one-sided clamps: the same values as `clamp`, whose CPU kernel is far slower.
     let codes = raw.clone().clamp_min(qmin).clamp_max(qmax);
     (raw, codes)
@@ -358,6 +366,108 @@ pub(crate) mod tests {
             "(fd - ste) g = {} vs autodiff {gs}",
             (fd - ste_term) * g as f64
         );
+    }
+
+    /// The textbook formula with burn's own `round` and `clamp`, for bit-exact comparisons.
+    fn reference_fq(x: &[f32], s: f32, zp: f32, qmin: i32, qmax: i32) -> (Vec<f32>, Vec<f32>) {
+        let d = Device::flex();
+        let codes = (t1(x, &d).div_scalar(s).round() + zp).clamp(qmin, qmax);
+        let inside = x
+            .iter()
+            .map(|v| {
+                let c = (v / s).round_ties_even() + zp;
+                if (qmin as f32..=qmax as f32).contains(&c) {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        (vals((codes - zp) * s), inside)
+    }
+
+    #[test]
+    fn fast_rounding_matches_burn_round_bit_for_bit() {
+        let d = ad();
+        // ties of every parity, signed zeros, values around the clamp bounds and far beyond
+        // (2^22 and up, where the two-addition rounding would be a unit off), infinities
+        let mut xs: Vec<f32> = (-40..=40).map(|i| i as f32 * 0.25).collect();
+        xs.extend([
+            -0.0, 0.0, 1e-30, -1e-30, 4194303.5, 4194304.0, 4194305.0, -4194305.5,
+        ]);
+        xs.extend([
+            6e6,
+            -6e6,
+            12582912.0,
+            -12582912.0,
+            3e7,
+            -3e7,
+            f32::MAX,
+            f32::MIN,
+        ]);
+        xs.extend((0..500).map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 13.5));
+        for (s, zp, qmin, qmax) in [
+            (0.5_f32, 0.0_f32, -8, 7),
+            (0.25, 0.0, -128, 127),
+            (0.3, -2.0, -8, 7),
+            (0.1, 5.0, 0, 15),
+            (1.0, 200.0, 0, 255),
+            (0.7, -128.0, -128, 127),
+        ] {
+            let (want, want_grad) = reference_fq(&xs, s, zp, qmin, qmax);
+            let x = t1(&xs, &d).require_grad();
+            let y = fake_quantize(x.clone(), t1(&[s], &d), t1(&[zp], &d), qmin, qmax);
+            let got = vals(y.clone());
+            let grad = vals(x.grad(&y.sum().backward()).unwrap());
+            for (i, v) in xs.iter().enumerate() {
+                assert_eq!(got[i], want[i], "x = {v}, s = {s}, zp = {zp}");
+                assert_eq!(
+                    grad[i], want_grad[i],
+                    "gradient at x = {v}, s = {s}, zp = {zp}"
+                );
+            }
+            let c = vals(affine_codes(
+                t1(&xs, &d),
+                t1(&[s], &d),
+                t1(&[zp], &d),
+                qmin,
+                qmax,
+            ));
+            for (i, ci) in c.iter().enumerate() {
+                assert_eq!((ci - zp) * s, got[i], "codes at x = {}", xs[i]);
+            }
+            // without a zero-point tensor (symmetric specs) when zp is 0
+            if zp == 0.0 {
+                let y = fake_quantize_affine(t1(&xs, &d), t1(&[s], &d), None, qmin, qmax);
+                assert_eq!(vals(y), want);
+            }
+            // Infinite inputs clamp like any other outside a plain forward. (A tracked forward
+            // gives NaN for them, through `inf - inf` in the straight-through, as it always did.)
+            let inf = [f32::INFINITY, f32::NEG_INFINITY];
+            let y = fake_quantize(t1(&inf, &d), t1(&[s], &d), t1(&[zp], &d), qmin, qmax);
+            assert_eq!(vals(y), reference_fq(&inf, s, zp, qmin, qmax).0);
+        }
+    }
+
+    #[test]
+    fn fake_quantize_output_is_tracked_only_through_x() {
+        // Scales come from observers (plain tensors) and must stay out of the graph; a plain
+        // input gives a plain output, an untracked autodiff input an untracked one.
+        let d = ad();
+        let x = t2(&[0.3, -1.2, 2.5, 0.0], [2, 2], &d).require_grad();
+        let s = t2(&[0.5, 0.25], [1, 2], &d).without_autodiff();
+        let y = fake_quantize_affine(x.clone(), s.clone(), None, -8, 7);
+        assert!(y.is_tracked() && y.is_autodiff());
+        let y = fake_quantize_affine(
+            x.clone().detach().set_require_grad(false),
+            s.clone(),
+            None,
+            -8,
+            7,
+        );
+        assert!(y.is_autodiff() && !y.is_tracked());
+        let y = fake_quantize_affine(x.without_autodiff(), s, None, -8, 7);
+        assert!(!y.is_autodiff());
     }
 
     #[test]
