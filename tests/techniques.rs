@@ -45,6 +45,15 @@ fn fails(args: &[&str]) -> String {
 
 /// `quench run experiments/<recipe> --out <out> --progress quiet --set ...`.
 fn run(recipe: &str, out: &Path, sets: &[&str]) -> Value {
+    run_with(recipe, out, sets, &[])
+}
+
+/// The same with `--resume`.
+fn resume(recipe: &str, out: &Path, sets: &[&str]) -> Value {
+    run_with(recipe, out, sets, &["--resume"])
+}
+
+fn run_with(recipe: &str, out: &Path, sets: &[&str], flags: &[&str]) -> Value {
     let recipe = format!("experiments/{recipe}");
     let out_s = out.to_string_lossy().to_string();
     let mut args = vec![
@@ -55,6 +64,7 @@ fn run(recipe: &str, out: &Path, sets: &[&str]) -> Value {
         "--progress",
         "quiet",
     ];
+    args.extend_from_slice(flags);
     for s in sets {
         args.push("--set");
         args.push(s);
@@ -248,23 +258,7 @@ fn pruning_keeps_masked_weights_zero_and_resume_restores_masks() {
     let mut one = sets.to_vec();
     one[0] = "train.epochs=1";
     run("fashion_lenet300_gradual90.toml", &cut, &one);
-    let cut_s = cut.to_string_lossy().to_string();
-    let mut args = vec![
-        "run",
-        "experiments/fashion_lenet300_gradual90.toml",
-        "--out",
-        cut_s.as_str(),
-        "--progress",
-        "quiet",
-        "--resume",
-    ];
-    for s in &sets {
-        args.push("--set");
-        args.push(s);
-    }
-    ok(&args);
-    let resumed: Value =
-        serde_json::from_str(&fs::read_to_string(cut.join("summary.json")).unwrap()).unwrap();
+    let resumed = resume("fashion_lenet300_gradual90.toml", &cut, &sets);
     assert_eq!(resumed["resumed_from_epoch"], 1);
     assert_eq!(resumed["test_loss"], full["test_loss"]);
     assert_eq!(resumed["nonzero_params"], full["nonzero_params"]);
@@ -597,23 +591,7 @@ fn qat_resume_restores_observer_ranges_and_lsq_steps() {
             "log.every_steps=1000",
         ],
     );
-    let cut_s = cut.to_string_lossy().to_string();
-    let mut args = vec![
-        "run",
-        "experiments/fashion_mlp_w2a8_lsq.toml",
-        "--out",
-        &cut_s,
-        "--progress",
-        "quiet",
-        "--resume",
-    ];
-    for s in &sets {
-        args.push("--set");
-        args.push(s);
-    }
-    ok(&args);
-    let resumed: Value =
-        serde_json::from_str(&fs::read_to_string(cut.join("summary.json")).unwrap()).unwrap();
+    let resumed = resume("fashion_mlp_w2a8_lsq.toml", &cut, &sets);
     assert_eq!(resumed["resumed_from_epoch"], 1);
     assert_eq!(
         resumed["test_loss"], full["test_loss"],

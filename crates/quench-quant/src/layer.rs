@@ -508,3 +508,157 @@ fn padding_pairs(
         PaddingConfig2d::Explicit(top, left, bottom, right) => ((*top, *bottom), (*left, *right)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::LinearConfig;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::TensorData;
+
+    fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
+    }
+
+    fn linear_with(w: [[f32; 2]; 3], device: &Device) -> Linear {
+        let mut l = LinearConfig::new(3, 2).with_bias(false).init(device);
+        l.weight = burn::module::Param::from_tensor(Tensor::from_data(w, device));
+        l
+    }
+
+    #[test]
+    fn float_conv_equals_burn_conv_for_every_padding() {
+        let device = Device::flex();
+        let x = Tensor::<4>::random([2, 2, 7, 6], burn::tensor::Distribution::Default, &device);
+        for padding in [
+            PaddingConfig2d::Valid,
+            PaddingConfig2d::Explicit(2, 1, 2, 1),
+            PaddingConfig2d::Same,
+        ] {
+            for stride in [1, 2] {
+                let conv = Conv2dConfig::new([2, 3], [3, 3])
+                    .with_stride([stride, stride])
+                    .with_padding(padding.clone())
+                    .init(&device);
+                let expected = host(conv.forward(x.clone()));
+                let q = QuantConv2d::from_conv(conv, &LayerQuant::Float).unwrap();
+                assert_eq!(
+                    host(q.forward(x.clone())),
+                    expected,
+                    "{padding:?} stride {stride}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ternary_linear_matches_hand_computation_and_trains_latent_weights() {
+        let device = Device::flex().autodiff();
+        // W (burn layout [d_in=3, d_out=2]); γ = mean|W| = (0.9+0.1+0.2+0.6+0.4+1.2)/6 = 0.5666…
+        let w = [[0.9f32, -0.1], [0.2, -0.6], [-0.4, 1.2]];
+        let layer = QuantLinear::from_linear(
+            linear_with(w, &device),
+            &LayerQuant::Ternary { norm: false },
+        )
+        .unwrap();
+        let g = 3.4f32 / 6.0;
+        // W/γ = [1.59, -0.18; 0.35, -1.06; -0.71, 2.12] → codes [1, 0; 0, -1; -1, 1].
+        let expected_w = [g, 0.0, 0.0, -g, -g, g];
+        let eff = host(layer.effective_weight());
+        for (a, b) in eff.iter().zip(expected_w) {
+            assert!((a - b).abs() < 1e-6, "{eff:?}");
+        }
+        // Input [1, -2, 0.5]: absmax 2 → scale 127/2; x_q = round([63.5, -127, 31.75]) / 63.5
+        // = [64, -127, 32] / 63.5 (63.5 rounds half to even → 64).
+        let x = Tensor::<2>::from_data([[1.0f32, -2.0, 0.5]], &device);
+        let xq = [64.0f32 / 63.5, -127.0 / 63.5, 32.0 / 63.5];
+        let y = layer.forward(x);
+        let want = [
+            xq[0] * g - xq[2] * g,  // codes column 0: [1, 0, -1]
+            -xq[1] * g + xq[2] * g, // codes column 1: [0, -1, 1]
+        ];
+        let got = host(y.clone());
+        for (a, b) in got.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{got:?} vs {want:?}");
+        }
+        // STE: dL/dW of sum(y) is x_qᵀ·1 for every latent weight, pruned-to-zero codes included.
+        let grads = y.sum().backward();
+        let gw = host(layer.inner.weight.val().grad(&grads).unwrap());
+        let want_g = [xq[0], xq[0], xq[1], xq[1], xq[2], xq[2]];
+        for (a, b) in gw.iter().zip(want_g) {
+            assert!((a - b).abs() < 1e-5, "{gw:?}");
+        }
+    }
+
+    #[test]
+    fn binary_weights_are_sign_of_centered_w_times_mean_abs() {
+        let device = Device::flex();
+        let w = [[0.9f32, -0.1], [0.2, -0.6], [-0.4, 1.2]];
+        let layer =
+            QuantLinear::from_linear(linear_with(w, &device), &LayerQuant::Binary { norm: false })
+                .unwrap();
+        // mean W = 0.2, β = mean|W| = 3.4/6; sign(W − 0.2) with sign(0) = +1.
+        let b = 3.4f32 / 6.0;
+        let expected = [b, -b, b, -b, -b, b];
+        let eff = host(layer.effective_weight());
+        for (a, e) in eff.iter().zip(expected) {
+            assert!((a - e).abs() < 1e-6, "{eff:?}");
+        }
+    }
+
+    #[test]
+    fn qat_layer_switches_off_and_ternary_norm_is_trained() {
+        let device = Device::flex();
+        let spec = QuantSpec {
+            bits: 4,
+            ..QuantSpec::default()
+        };
+        let lin = LinearConfig::new(3, 2).init(&device);
+        let x = Tensor::<2>::from_data(TensorData::new(vec![0.3f32, -1.0, 2.0], [1, 3]), &device);
+        let float = host(lin.forward(x.clone()));
+        let q = QuantLinear::from_linear(
+            lin,
+            &LayerQuant::Qat {
+                weight: Some(spec.clone()),
+                input: Some(QuantSpec::with_bits(8)),
+            },
+        )
+        .unwrap();
+        assert_ne!(
+            host(q.forward(x.clone())),
+            float,
+            "4-bit weights change the output"
+        );
+        let off = QuantLinear {
+            ops: q.ops.set_fake_quant(false),
+            inner: q.inner,
+        };
+        assert_eq!(
+            host(off.forward(x)),
+            float,
+            "fake quant off = the float layer"
+        );
+        let t = QuantLinear::from_linear(
+            LinearConfig::new(3, 2).init(&device),
+            &LayerQuant::Ternary { norm: true },
+        )
+        .unwrap();
+        assert_eq!(
+            t.num_params(),
+            3 * 2 + 2 + 3,
+            "RMSNorm gamma over the 3 inputs is a param"
+        );
+        assert_eq!(LayerQuant::Ternary { norm: true }.label(), "ternary");
+        assert_eq!(
+            LayerQuant::Qat {
+                weight: Some(spec),
+                input: Some(QuantSpec::with_bits(8))
+            }
+            .label(),
+            "w4a8"
+        );
+    }
+}
