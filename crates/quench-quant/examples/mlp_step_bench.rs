@@ -128,10 +128,23 @@ fn main() {
         optim: AdamConfig::new().init(),
         times: Vec::with_capacity(steps),
     });
+    // `ONLY=fp32|w4a8` steps one model only (for profiling); its stats are then the only ones.
+    let only = std::env::var("ONLY").ok();
     for _ in 0..steps {
         for run in &mut runs {
-            run.step(&x, &y);
+            if only.as_deref().is_none_or(|o| o == run.name) {
+                run.step(&x, &y);
+            }
         }
+    }
+    if let Some(only) = only {
+        let run = runs
+            .iter()
+            .find(|r| r.name == only)
+            .expect("ONLY is fp32 or w4a8");
+        let (median, best) = run.stats((steps / 10).max(1));
+        println!("{only}: median {median:7.2} ms/step, best {best:7.2} ms");
+        return;
     }
     let warmup = (steps / 10).max(1);
     println!("MLP {dims:?}, batch {batch}, {steps} interleaved steps (first {warmup} skipped)");

@@ -16,7 +16,7 @@ use burn::module::{
 use burn::tensor::{Device, Tensor};
 
 use crate::error::QuantError;
-use crate::qparams::QuantLayout;
+use crate::qparams::{HostCopy, QuantLayout};
 use crate::spec::{Estimator, QuantSpec};
 
 /// A saved one-element state that the forward pass branches on (a flag or a counter).
@@ -263,6 +263,17 @@ impl RangeObserver {
     /// # Panics
     /// If `layout` has a different number of scales than this observer.
     pub fn observe<const D: usize>(&self, x: Tensor<D>, layout: &QuantLayout) -> bool {
+        self.observe_with(x, None, layout)
+    }
+
+    /// [`Self::observe`], taking min/max ranges from `host` (a host copy of `x`) where the layout
+    /// reduces on the host.
+    pub(crate) fn observe_with<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        host: Option<&HostCopy>,
+        layout: &QuantLayout,
+    ) -> bool {
         if self.is_frozen() {
             return false;
         }
@@ -274,9 +285,14 @@ impl RangeObserver {
             layout.shape(),
             layout.num_scales()
         );
+        let host_range = match host {
+            Some(host) if self.spec.estimator != Estimator::Percentile => layout.min_max_host(host),
+            _ => None,
+        };
         // Statistics on the plain backend: `detach` would keep a leaf weight's require-grad
         // root, and every op on it would join an autodiff graph that is never consumed.
-        let (bmin, bmax) = self.batch_range(x.without_autodiff(), layout);
+        let (bmin, bmax) =
+            host_range.unwrap_or_else(|| self.batch_range(x.without_autodiff(), layout));
         let n = self.updates.get();
         let (omin, omax) = (self.min.value(), self.max.value());
         let autodiff = omin.is_autodiff();

@@ -184,28 +184,11 @@ impl QuantLayout {
         let n = self.num_scales();
         let [p, g, s, q] = self.view;
         let last = self.shape[self.shape.len() - 1];
-        if x.dtype() == DType::F32 && x.device() == Device::flex() {
-            // (outer, len, inner) of a middle-axis reduction, where the layout has one
-            let numel = p * g * s * q;
-            let strided = match self.granularity {
-                Granularity::PerChannel if p > 1 && q == 1 => Some((1, p, g)),
-                Granularity::PerGroup if q > 1 => Some((p * g, s, q)),
-                // any [_, 16] split of the data: 16-wide column extremes, then those 16
-                Granularity::PerTensor if numel % 16 == 0 && numel >= 1024 => {
-                    Some((1, numel / 16, 16))
-                }
-                _ => None,
-            };
-            if let Some((outer, len, inner)) = strided {
-                let device = x.device();
-                let (mut min, mut max) = host_min_max(x, outer, len, inner);
-                if self.granularity == Granularity::PerTensor {
-                    min = vec![min.into_iter().reduce(nan_min).unwrap_or(f32::NAN)];
-                    max = vec![max.into_iter().reduce(nan_max).unwrap_or(f32::NAN)];
-                }
-                let flat = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [n]), &device);
-                return (flat(min), flat(max));
-            }
+        if self.host_reduction().is_some()
+            && let Some(host) = HostCopy::of(&x)
+            && let Some(range) = self.min_max_host(&host)
+        {
+            return range;
         }
         match self.granularity {
             Granularity::PerTensor if last > 1 && last < p * g * s * q => {
@@ -234,6 +217,34 @@ impl QuantLayout {
                 )
             }
         }
+    }
+
+    /// `(outer, len, inner)` when this layout's ranges are a reduction over the middle axis of
+    /// the data seen as `[outer, len, inner]` and worth doing on the host (see [`Self::min_max`]):
+    /// per-channel with leading axes and nothing after the channel, per-group with trailing axes,
+    /// and per-tensor (as 16-wide columns, then those 16) on tensors of at least 1024 elements.
+    fn host_reduction(&self) -> Option<(usize, usize, usize)> {
+        let [p, g, s, q] = self.view;
+        let numel = p * g * s * q;
+        match self.granularity {
+            Granularity::PerChannel if p > 1 && q == 1 => Some((1, p, g)),
+            Granularity::PerGroup if q > 1 => Some((p * g, s, q)),
+            Granularity::PerTensor if numel % 16 == 0 && numel >= 1024 => Some((1, numel / 16, 16)),
+            _ => None,
+        }
+    }
+
+    /// [`Self::min_max`] from a host copy of the tensor, where the layout has a host reduction.
+    pub(crate) fn min_max_host(&self, host: &HostCopy) -> Option<(Tensor<1>, Tensor<1>)> {
+        let (outer, len, inner) = self.host_reduction()?;
+        let (mut min, mut max) = host_min_max(&host.values, outer, len, inner);
+        if self.granularity == Granularity::PerTensor {
+            min = vec![min.into_iter().reduce(nan_min).unwrap_or(f32::NAN)];
+            max = vec![max.into_iter().reduce(nan_max).unwrap_or(f32::NAN)];
+        }
+        let n = self.num_scales();
+        let flat = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [n]), &host.device);
+        Some((flat(min), flat(max)))
     }
 
     /// The shape of per-scale tensors in the tensor's own rank `D`, when one broadcasts onto the
@@ -270,20 +281,33 @@ impl QuantLayout {
     }
 }
 
-/// Min and max of `x` (f32, on the Flex CPU device), seen as `[outer, len, inner]`, over the
-/// middle axis: `outer·inner` results in row-major order. One pass over the data, in memory
-/// order (over a copy of it: the tensor is usually shared, with its parameter or the graph);
-/// NaN propagates, as in burn's reductions.
-fn host_min_max<const D: usize>(
-    x: Tensor<D>,
-    outer: usize,
-    len: usize,
-    inner: usize,
-) -> (Vec<f32>, Vec<f32>) {
-    let data = x.into_data();
-    let values = data
-        .as_slice::<f32>()
-        .expect("host_min_max is only called on f32 tensors");
+/// A host copy of a tensor's values, for the fused CPU paths: taken only for f32 tensors on the
+/// Flex CPU backend, whose tensors already live in host memory (a copy is one `memcpy`; on other
+/// devices it would be a transfer and a sync). One copy feeds both the observer's reduction and
+/// the fake-quant kernel, which then writes its output over it.
+pub(crate) struct HostCopy {
+    pub(crate) values: Vec<f32>,
+    /// The plain (non-autodiff) device the tensor was on.
+    pub(crate) device: Device,
+}
+
+impl HostCopy {
+    /// The values of `x` if it is an f32 tensor on the Flex CPU backend.
+    pub(crate) fn of<const D: usize>(x: &Tensor<D>) -> Option<Self> {
+        if x.dtype() != DType::F32 || x.device() != Device::flex() {
+            return None;
+        }
+        let x = x.clone().without_autodiff();
+        let device = x.device();
+        let values = x.into_data().try_into_vec::<f32>().ok()?;
+        Some(Self { values, device })
+    }
+}
+
+/// Min and max of `values` seen as `[outer, len, inner]`, over the middle axis: `outer·inner`
+/// results in row-major order, in one pass in memory order. NaN propagates, as in burn's
+/// reductions.
+fn host_min_max(values: &[f32], outer: usize, len: usize, inner: usize) -> (Vec<f32>, Vec<f32>) {
     assert_eq!(values.len(), outer * len * inner);
     let mut min = vec![0.0; outer * inner];
     let mut max = vec![0.0; outer * inner];

@@ -9,11 +9,11 @@ use burn::tensor::{Device, Shape, Tensor, TensorData};
 
 use crate::error::QuantError;
 use crate::observer::{HostScalar, RangeObserver};
-use crate::qparams::{MIN_SCALE, QuantLayout, qparams_from_range, scale_from_range};
+use crate::qparams::{HostCopy, MIN_SCALE, QuantLayout, qparams_from_range, scale_from_range};
 use crate::spec::{Estimator, Granularity, QuantSpec};
 use crate::ste::{
-    affine_codes, affine_codes_opt, fake_quantize, fake_quantize_affine, lsq_codes, lsq_quantize,
-    pact_clip,
+    affine_codes, affine_codes_opt, fake_quantize, fake_quantize_affine_with, lsq_codes,
+    lsq_quantize, pact_clip,
 };
 
 /// Integer codes of a tensor (row-major, the tensor's own shape) with the per-scale scales and
@@ -277,17 +277,21 @@ impl Quantizer {
             return x;
         }
         let layout = self.layout_for(&x.dims());
+        // On the CPU backend one host copy of `x` feeds the observer's reduction and the fused
+        // fake-quant kernel (affine estimators only; learned ones use burn's ops throughout).
+        let affine = self.step.is_none() && self.alpha.is_none();
+        let host = if affine { HostCopy::of(&x) } else { None };
         if observe && let Some(observer) = &self.observer {
-            observer.observe(x.clone(), &layout);
+            observer.observe_with(x.clone(), host.as_ref(), &layout);
         }
         self.init_step(&x, &layout);
         if !enabled {
             return x;
         }
         let (qmin, qmax) = self.spec.qrange();
-        match self.qparams(&x, &layout) {
+        match self.qparams(&x, &layout, host.as_ref()) {
             QParams::Affine { scale, zero_point } => {
-                affine_forward(&layout, x, scale, zero_point, qmin, qmax)
+                affine_forward(&layout, x, host, scale, zero_point, qmin, qmax)
             }
             QParams::Lsq { step, grad_scale } => {
                 layout.unview(lsq_quantize(layout.view(x), step, qmin, qmax, grad_scale))
@@ -334,7 +338,7 @@ impl Quantizer {
         self.init_step(&w, &layout);
         let (qmin, qmax) = self.spec.qrange();
         let (codes, scale, zero_point): (Tensor<D>, Tensor<1>, Tensor<1>) =
-            match self.qparams(&w, &layout) {
+            match self.qparams(&w, &layout, None) {
                 QParams::Affine { scale, zero_point } => {
                     let zp = zero_point.clone().unwrap_or_else(|| scale.zeros_like());
                     let codes = affine_int_codes(&layout, w, scale.clone(), zero_point, qmin, qmax);
@@ -395,7 +399,12 @@ impl Quantizer {
     }
 
     /// The quantization parameters for `x` right now.
-    fn qparams<const D: usize>(&self, x: &Tensor<D>, layout: &QuantLayout) -> QParams {
+    fn qparams<const D: usize>(
+        &self,
+        x: &Tensor<D>,
+        layout: &QuantLayout,
+        host: Option<&HostCopy>,
+    ) -> QParams {
         if let Some(step) = &self.step {
             let step = layout.broadcast(step.val().clamp_min(MIN_SCALE));
             let grad_scale = match self.operand {
@@ -421,7 +430,9 @@ impl Quantizer {
         // Ranges and qparams on the plain backend: constants of the forward, never in a graph.
         let (min, max) = match self.observer.as_ref().and_then(RangeObserver::range) {
             Some((min, max)) => (min.without_autodiff(), max.without_autodiff()),
-            None => layout.min_max(x.clone().without_autodiff()),
+            None => host
+                .and_then(|host| layout.min_max_host(host))
+                .unwrap_or_else(|| layout.min_max(x.clone().without_autodiff())),
         };
         let (scale, zero_point) = scale_from_range(min, max, &self.spec);
         QParams::Affine { scale, zero_point }
@@ -433,21 +444,25 @@ impl Quantizer {
 fn affine_forward<const D: usize>(
     layout: &QuantLayout,
     x: Tensor<D>,
+    host: Option<HostCopy>,
     scale: Tensor<1>,
     zero_point: Option<Tensor<1>>,
     qmin: i32,
     qmax: i32,
 ) -> Tensor<D> {
     match layout.native_stat_dims::<D>() {
-        Some(dims) => fake_quantize_affine(
+        Some(dims) => fake_quantize_affine_with(
             x,
+            host,
             scale.reshape(dims),
             zero_point.map(|z| z.reshape(dims)),
             qmin,
             qmax,
         ),
-        None => layout.unview(fake_quantize_affine(
+        // (the view is a reshape: the host copy's row-major values are the view's too)
+        None => layout.unview(fake_quantize_affine_with(
             layout.view(x),
+            host,
             layout.broadcast(scale),
             zero_point.map(|z| layout.broadcast(z)),
             qmin,

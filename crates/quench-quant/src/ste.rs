@@ -10,6 +10,8 @@
 
 use burn::tensor::{Bool, DType, Tensor};
 
+use crate::qparams::HostCopy;
+
 /// Forward `q`, backward the identity to `x` (the straight-through estimator in its general form).
 pub fn straight_through<const D: usize>(x: Tensor<D>, q: Tensor<D>) -> Tensor<D> {
     q.detach() + (x.clone() - x.detach())
@@ -56,19 +58,47 @@ pub(crate) fn fake_quantize_affine<const D: usize>(
     qmin: i32,
     qmax: i32,
 ) -> Tensor<D> {
+    fake_quantize_affine_with(x, None, scale, zero_point, qmin, qmax)
+}
+
+/// [`fake_quantize_affine`] given, on the CPU backend, a host copy of `x` already taken (its
+/// values, in `x`'s row-major order; the copy is consumed as the output buffer).
+pub(crate) fn fake_quantize_affine_with<const D: usize>(
+    x: Tensor<D>,
+    host: Option<HostCopy>,
+    scale: Tensor<D>,
+    zero_point: Option<Tensor<D>>,
+    qmin: i32,
+    qmax: i32,
+) -> Tensor<D> {
     let scale = scale.without_autodiff();
     let zero_point = zero_point.map(Tensor::without_autodiff);
-    let (raw, codes) = raw_and_codes(x.clone(), scale.clone(), zero_point.clone(), qmin, qmax);
-    let in_range = x.is_tracked().then(|| raw.equal(codes.clone()));
-    let q = match zero_point {
-        Some(zp) => codes - zp,
-        None => codes,
-    } * scale;
+    let tracked = x.is_tracked();
+    let fused = cpu::fake_quantize(&x, host, &scale, zero_point.as_ref(), qmin, qmax, tracked);
+    let (q, in_range) = match fused {
+        Some((q, keep)) => (q, keep.map(InRange::Float)),
+        None => {
+            let (raw, codes) =
+                raw_and_codes(x.clone(), scale.clone(), zero_point.clone(), qmin, qmax);
+            let in_range = tracked.then(|| InRange::Bool(raw.equal(codes.clone())));
+            let q = match zero_point {
+                Some(zp) => codes - zp,
+                None => codes,
+            } * scale;
+            (q, in_range)
+        }
+    };
     match in_range {
         Some(in_range) => clipped_straight_through(x, q, in_range),
         None if x.is_autodiff() => q.autodiff(),
         None => q,
     }
+}
+
+/// Where the codes were in range (not clamped): a bool mask, or the same as 1.0/0.0 floats.
+enum InRange<const D: usize> {
+    Bool(Tensor<D, Bool>),
+    Float(Tensor<D>),
 }
 
 /// `1.5·2^23`: adding and subtracting it rounds an f32 of magnitude below `2^22` to an integer,
@@ -118,13 +148,13 @@ fn raw_and_codes<const D: usize>(
 fn clipped_straight_through<const D: usize>(
     x: Tensor<D>,
     q: Tensor<D>,
-    in_range: Tensor<D, Bool>,
+    in_range: InRange<D>,
 ) -> Tensor<D> {
-    let inside = if x.dtype() == DType::F32 {
+    let inside = match in_range {
         // A multiply by a 0/1 mask: elementwise products are fast kernels, masked fills are not.
-        x * in_range.float()
-    } else {
-        x.mask_fill(in_range.bool_not(), 0.0)
+        InRange::Float(keep) => x * keep,
+        InRange::Bool(keep) if x.dtype() == DType::F32 => x * keep.float(),
+        InRange::Bool(keep) => x.mask_fill(keep.bool_not(), 0.0),
     };
     q.autodiff() + (inside.clone() - inside.detach())
 }
@@ -194,6 +224,222 @@ pub fn pact_clip<const D: usize>(x: Tensor<D>, alpha: Tensor<1>, signed: bool) -
     } else {
         let below_zero = x_value.lower_elem(0.0);
         y.mask_fill(below_zero, 0.0)
+    }
+}
+
+/// The fused CPU path of [`fake_quantize_affine`] on the Flex backend, whose tensors live in
+/// host memory: one pass over a copy of `x` computes the fake-quantized values and the in-range
+/// mask, where burn's ops take nine (divide, round, add, two clamps, compare, convert, subtract,
+/// multiply), each a full read and write of the operand. The arithmetic is the same IEEE f32
+/// sequence as the op-by-op path (`x / s`, round half to even, `+ zp`, NaN-propagating clamps,
+/// `(c - zp)·s`), so both give bit-identical values, codes and masks — `quantize_to_int`, which
+/// takes the op-by-op path, reproduces this forward exactly.
+mod cpu {
+    use burn::tensor::{DType, Device, Tensor, TensorData};
+
+    use crate::qparams::HostCopy;
+
+    /// The fake-quantized `x` and (if `with_mask`) its in-range mask as 1.0/0.0, as plain
+    /// tensors; `None` when not applicable (another backend or dtype, or scales varying along
+    /// more than one axis), for the op-by-op path.
+    pub(super) fn fake_quantize<const D: usize>(
+        x: &Tensor<D>,
+        host: Option<HostCopy>,
+        scale: &Tensor<D>,
+        zero_point: Option<&Tensor<D>>,
+        qmin: i32,
+        qmax: i32,
+        with_mask: bool,
+    ) -> Option<(Tensor<D>, Option<Tensor<D>>)> {
+        if x.dtype() != DType::F32 || scale.dtype() != DType::F32 || x.device() != Device::flex() {
+            return None;
+        }
+        let dims = x.dims();
+        let (channels, inner) = broadcast_axis(&dims, &scale.dims())?;
+        if zero_point.is_some_and(|z| z.dims() != scale.dims() || z.dtype() != DType::F32) {
+            return None;
+        }
+        let scale = scale.to_data().try_to_vec::<f32>().ok()?;
+        let zero_point = match zero_point {
+            Some(z) => Some(z.to_data().try_to_vec::<f32>().ok()?),
+            None => None,
+        };
+        // The copy of `x` (shared with the graph or its parameter) becomes the output.
+        let HostCopy { mut values, device } = match host {
+            Some(host) => host,
+            None => HostCopy::of(x)?,
+        };
+        assert_eq!(values.len(), dims.iter().product::<usize>());
+        let mut keep = if with_mask {
+            vec![0.0; values.len()]
+        } else {
+            Vec::new()
+        };
+        let (lo, hi) = (qmin as f32, qmax as f32);
+        let zp = |k: usize| zero_point.as_ref().map_or(0.0, |z| z[k]);
+        if inner == 1 && channels > 1 {
+            // scales along the last axis: rows of `channels` elements, a scale per element
+            let zero = vec![0.0; channels];
+            let z = zero_point.as_deref().unwrap_or(&zero);
+            for (r, row) in values.chunks_exact_mut(channels).enumerate() {
+                let k = keep
+                    .get_mut(r * channels..(r + 1) * channels)
+                    .unwrap_or(&mut []);
+                per_element(row, k, &scale, z, lo, hi);
+            }
+        } else {
+            // runs of `inner` elements sharing one scale
+            for (r, run) in values.chunks_exact_mut(inner).enumerate() {
+                let c = r % channels;
+                let k = keep.get_mut(r * inner..(r + 1) * inner).unwrap_or(&mut []);
+                per_run(run, k, scale[c], zp(c), lo, hi);
+            }
+        }
+        let q = Tensor::from_data(TensorData::new(values, dims), &device);
+        let keep = with_mask.then(|| Tensor::from_data(TensorData::new(keep, dims), &device));
+        Some((q, keep))
+    }
+
+    /// `(channels, inner)` when the scale shape `s` broadcasts onto `x` along at most one axis:
+    /// element `i` then uses scale `(i / inner) % channels`.
+    fn broadcast_axis(x: &[usize], s: &[usize]) -> Option<(usize, usize)> {
+        let mut varying = x.iter().zip(s).enumerate().filter(|(_, (_, s))| **s != 1);
+        match (varying.next(), varying.next()) {
+            (None, _) => Some((1, x.iter().product::<usize>().max(1))),
+            (Some((a, (xd, sd))), None) if xd == sd => Some((*sd, x[a + 1..].iter().product())),
+            _ => None,
+        }
+    }
+
+    /// One element: the fake-quantized value and whether its code was in range. `z` is 0.0
+    /// without a zero-point: adding it turns a rounded `-0.0` into `0.0`, as the op-by-op path
+    /// (whose rounding is `(v + M) - M`) does.
+    #[inline]
+    fn one(x: f32, s: f32, z: f32, lo: f32, hi: f32) -> (f32, bool) {
+        let raw = (x / s).round_ties_even() + z;
+        let c = if raw.is_nan() || raw > lo { raw } else { lo };
+        let c = if c.is_nan() || c < hi { c } else { hi };
+        ((c - z) * s, raw == c)
+    }
+
+    /// `run` (in place) and its mask `keep` (empty: not wanted) with one scale and zero-point.
+    fn per_run(run: &mut [f32], keep: &mut [f32], s: f32, z: f32, lo: f32, hi: f32) {
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: AVX is available (checked above).
+            done = unsafe { avx::per_run(run, keep, s, z, lo, hi) };
+        }
+        for i in done..run.len() {
+            let (q, inside) = one(run[i], s, z, lo, hi);
+            run[i] = q;
+            if !keep.is_empty() {
+                keep[i] = inside as u8 as f32;
+            }
+        }
+    }
+
+    /// `row` (in place) and its mask `keep` (empty: not wanted) with a scale and zero-point per
+    /// element.
+    fn per_element(row: &mut [f32], keep: &mut [f32], s: &[f32], z: &[f32], lo: f32, hi: f32) {
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: AVX is available (checked above).
+            done = unsafe { avx::per_element(row, keep, s, z, lo, hi) };
+        }
+        for i in done..row.len() {
+            let (q, inside) = one(row[i], s[i], z[i], lo, hi);
+            row[i] = q;
+            if !keep.is_empty() {
+                keep[i] = inside as u8 as f32;
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod avx {
+        use std::arch::x86_64::*;
+
+        /// Eight lanes of [`super::one`]: (fake-quantized, mask as 1.0/0.0). `max_ps(lo, v)` and
+        /// `min_ps(hi, v)` return their second operand when it is NaN, so NaN propagates as in
+        /// burn's clamps.
+        #[inline]
+        #[target_feature(enable = "avx")]
+        fn lanes(x: __m256, s: __m256, z: __m256, lo: __m256, hi: __m256) -> (__m256, __m256) {
+            let v = _mm256_div_ps(x, s);
+            let raw = _mm256_add_ps(
+                _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
+                z,
+            );
+            let c = _mm256_min_ps(hi, _mm256_max_ps(lo, raw));
+            let inside = _mm256_and_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(raw, c), _mm256_set1_ps(1.0));
+            (_mm256_mul_ps(_mm256_sub_ps(c, z), s), inside)
+        }
+
+        /// [`super::per_run`] on the leading multiple of 8 elements; returns how many it did.
+        ///
+        /// # Safety
+        /// The CPU must support AVX.
+        #[target_feature(enable = "avx")]
+        pub(super) unsafe fn per_run(
+            run: &mut [f32],
+            keep: &mut [f32],
+            s: f32,
+            z: f32,
+            lo: f32,
+            hi: f32,
+        ) -> usize {
+            let n = run.len() / 8 * 8;
+            let (sv, zv) = (_mm256_set1_ps(s), _mm256_set1_ps(z));
+            let (lov, hiv) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+            let with_mask = !keep.is_empty();
+            for i in (0..n).step_by(8) {
+                // SAFETY: `i + 8 <= n <= run.len()`, and `keep.len() == run.len()` when used.
+                unsafe {
+                    let (q, inside) = lanes(_mm256_loadu_ps(run.as_ptr().add(i)), sv, zv, lov, hiv);
+                    _mm256_storeu_ps(run.as_mut_ptr().add(i), q);
+                    if with_mask {
+                        _mm256_storeu_ps(keep.as_mut_ptr().add(i), inside);
+                    }
+                }
+            }
+            n
+        }
+
+        /// [`super::per_element`] on the leading multiple of 8 elements; returns how many it did.
+        ///
+        /// # Safety
+        /// The CPU must support AVX.
+        #[target_feature(enable = "avx")]
+        pub(super) unsafe fn per_element(
+            row: &mut [f32],
+            keep: &mut [f32],
+            s: &[f32],
+            z: &[f32],
+            lo: f32,
+            hi: f32,
+        ) -> usize {
+            let n = row.len() / 8 * 8;
+            let (lov, hiv) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+            let with_mask = !keep.is_empty();
+            for i in (0..n).step_by(8) {
+                // SAFETY: `i + 8 <= n <= row.len() = s.len() = z.len()`, and
+                // `keep.len() == row.len()` when used.
+                unsafe {
+                    let (sv, zv) = (
+                        _mm256_loadu_ps(s.as_ptr().add(i)),
+                        _mm256_loadu_ps(z.as_ptr().add(i)),
+                    );
+                    let (q, inside) = lanes(_mm256_loadu_ps(row.as_ptr().add(i)), sv, zv, lov, hiv);
+                    _mm256_storeu_ps(row.as_mut_ptr().add(i), q);
+                    if with_mask {
+                        _mm256_storeu_ps(keep.as_mut_ptr().add(i), inside);
+                    }
+                }
+            }
+            n
+        }
     }
 }
 
@@ -447,6 +693,70 @@ pub(crate) mod tests {
             let y = fake_quantize(t1(&inf, &d), t1(&[s], &d), t1(&[zp], &d), qmin, qmax);
             assert_eq!(vals(y), reference_fq(&inf, s, zp, qmin, qmax).0);
         }
+    }
+
+    #[test]
+    fn cpu_kernel_matches_op_by_op_path_bit_for_bit() {
+        let d = Device::flex();
+        let (r, c) = (5, 37); // 37: four 8-lane blocks and a scalar tail per row
+        let mut xs: Vec<f32> = (0..r * c)
+            .map(|i| ((i * 7919) % 2003) as f32 / 61.0 - 16.0)
+            .collect();
+        xs[3] = f32::NAN;
+        xs[40] = f32::INFINITY;
+        xs[77] = f32::NEG_INFINITY;
+        xs[90] = -0.0;
+        xs[91] = 1e9;
+        let x = t2(&xs, [r, c], &d);
+        let col: Vec<f32> = (0..c).map(|j| 0.05 + j as f32 * 0.013).collect();
+        let row: Vec<f32> = (0..r).map(|i| 0.3 + i as f32 * 0.11).collect();
+        let cases: Vec<(Tensor<2>, Vec<f32>)> = vec![
+            (
+                t2(&col, [1, c], &d),
+                (0..c).map(|j| (j % 5) as f32 - 2.0).collect(),
+            ),
+            (
+                t2(&row, [r, 1], &d),
+                (0..r).map(|i| i as f32 - 1.0).collect(),
+            ),
+            (t2(&[0.37], [1, 1], &d), vec![3.0]),
+        ];
+        for (scale, zps) in cases {
+            let zp = Tensor::from_data(TensorData::new(zps, scale.dims()), &d);
+            for (zp, qmin, qmax) in [
+                (None, -8, 7),
+                (Some(zp.clone()), -128, 127),
+                (Some(zp), 0, 15),
+            ] {
+                let (q, keep) =
+                    cpu::fake_quantize(&x, None, &scale, zp.as_ref(), qmin, qmax, true).unwrap();
+                let (raw, codes) = raw_and_codes(x.clone(), scale.clone(), zp.clone(), qmin, qmax);
+                let want_keep = vals(raw.equal(codes.clone()).float());
+                let want_q = vals(
+                    match zp {
+                        Some(z) => codes - z,
+                        None => codes,
+                    } * scale.clone(),
+                );
+                let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(vals(q)),
+                    bits(want_q),
+                    "values, scale {:?}",
+                    scale.dims()
+                );
+                assert_eq!(
+                    vals(keep.unwrap()),
+                    want_keep,
+                    "mask, scale {:?}",
+                    scale.dims()
+                );
+            }
+        }
+        // scales along two axes are left to the op-by-op path
+        let x3 = Tensor::<3>::zeros([2, 3, 4], &d);
+        let s3 = Tensor::<3>::ones([2, 1, 4], &d);
+        assert!(cpu::fake_quantize(&x3, None, &s3, None, -8, 7, true).is_none());
     }
 
     #[test]
