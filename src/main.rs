@@ -109,6 +109,27 @@ enum Command {
         #[arg(long)]
         tb: Option<PathBuf>,
     },
+    /// Generate text from a language-model checkpoint (`arch = "gpt"`), or from its `quench
+    /// export` file (ternary layers on the integer kernel).
+    Sample {
+        /// A checkpoint of a char-level GPT recipe.
+        checkpoint: PathBuf,
+        /// Text to continue (every character must be in the model's vocabulary).
+        #[arg(long, default_value = "\n")]
+        prompt: String,
+        /// Characters to generate.
+        #[arg(long, default_value_t = 300)]
+        tokens: usize,
+        /// Softmax temperature (> 0).
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        /// Sample only from the k most likely characters (0 = all).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// Random seed; the same seed gives the same text.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Validate a recipe without running it.
     Check {
         /// The recipe (TOML).
@@ -156,15 +177,17 @@ fn real_main() -> Result<()> {
                 ProgressArg::Plain => ProgressMode::Plain,
                 ProgressArg::Quiet => ProgressMode::Quiet,
             };
-            quench::train::run(
-                &exp,
-                &RunOptions {
-                    out_dir: out_dir.clone(),
-                    resume,
-                    progress,
-                },
-            )
-            .with_context(|| format!("running {} into {}", recipe.display(), out_dir.display()))?;
+            let opts = RunOptions {
+                out_dir: out_dir.clone(),
+                resume,
+                progress,
+            };
+            let context = || format!("running {} into {}", recipe.display(), out_dir.display());
+            if exp.model.is_language_model() {
+                quench::train::lm::run_lm(&exp, &opts).with_context(context)?;
+            } else {
+                quench::train::run(&exp, &opts).with_context(context)?;
+            }
         }
         Command::Eval {
             checkpoint,
@@ -172,9 +195,16 @@ fn real_main() -> Result<()> {
             device,
         } => {
             let set = with_device(set, device);
-            let report = quench::train::eval::eval_checkpoint(&checkpoint, &set)
-                .with_context(|| format!("evaluating {}", checkpoint.display()))?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            let context = || format!("evaluating {}", checkpoint.display());
+            if quench::train::lm::is_lm_checkpoint(&checkpoint).with_context(context)? {
+                let report = quench::train::lm::eval_lm_checkpoint(&checkpoint, &set)
+                    .with_context(context)?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let report = quench::train::eval::eval_checkpoint(&checkpoint, &set)
+                    .with_context(context)?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
         }
         Command::Export {
             checkpoint,
@@ -186,10 +216,20 @@ fn real_main() -> Result<()> {
                 TernaryArg::Bits2 => quench::train::export::TernaryPacking::Bits2,
                 TernaryArg::Base3 => quench::train::export::TernaryPacking::Base3,
             };
-            let report = quench::train::export::export_checkpoint(&checkpoint, &out, packing)
-                .with_context(|| format!("exporting {}", checkpoint.display()))?;
+            let lm = quench::train::lm::is_lm_checkpoint(&checkpoint)
+                .with_context(|| format!("reading {}", checkpoint.display()))?;
+            let report = if lm {
+                quench::train::lm_export::export_lm_checkpoint(&checkpoint, &out, packing)
+            } else {
+                quench::train::export::export_checkpoint(&checkpoint, &out, packing)
+            }
+            .with_context(|| format!("exporting {}", checkpoint.display()))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
-            if verify {
+            if verify && lm {
+                let v = quench::train::lm_export::verify_lm_export(&checkpoint, &out)
+                    .with_context(|| format!("verifying {}", out.display()))?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if verify {
                 let v = quench::train::export::verify_export(&checkpoint, &out)
                     .with_context(|| format!("verifying {}", out.display()))?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -227,15 +267,45 @@ fn real_main() -> Result<()> {
                     .with_context(|| format!("sensitivity of {}", checkpoint.display()))?;
             print!("{}", r.table());
         }
+        Command::Sample {
+            checkpoint,
+            prompt,
+            tokens,
+            temperature,
+            top_k,
+            seed,
+        } => {
+            let text = quench::train::lm::sample_checkpoint(
+                &checkpoint,
+                &prompt,
+                quench::train::lm::SampleOptions {
+                    tokens,
+                    temperature,
+                    top_k,
+                    seed,
+                },
+            )
+            .with_context(|| format!("sampling from {}", checkpoint.display()))?;
+            println!("{text}");
+        }
         Command::Check { recipe, set } => {
             let exp = Experiment::load(&recipe, &set)?;
+            let (model, budget) = if exp.model.is_language_model() {
+                (
+                    exp.model.describe(0, 0).replace(" vocab0", ""),
+                    format!("{} iterations", exp.train.iterations),
+                )
+            } else {
+                (
+                    exp.model.describe(28 * 28, 10),
+                    format!("{} epochs", exp.train.epochs),
+                )
+            };
             println!(
-                "{}: ok — experiment `{}`, {} on {}, {} epochs",
+                "{}: ok — experiment `{}`, {model} on {}, {budget}",
                 recipe.display(),
                 exp.name,
-                exp.model.describe(28 * 28, 10),
                 exp.data.dataset.name(),
-                exp.train.epochs
             );
         }
     }

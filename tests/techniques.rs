@@ -599,3 +599,184 @@ fn qat_resume_restores_observer_ranges_and_lsq_steps() {
     );
     assert_eq!(resumed["test_accuracy"], full["test_accuracy"]);
 }
+
+/// A char GPT small enough to train in seconds: 1 block of width 32, context 16.
+const TINY_GPT: &[&str] = &[
+    "train.iterations=40",
+    "model.layers=1",
+    "model.heads=2",
+    "model.width=32",
+    "model.context=16",
+    "train.batch_size=8",
+    "train.warmup_steps=5",
+    "train.eval_interval=20",
+    "train.eval_iters=2",
+    "log.every_steps=10",
+    "checkpoint.keep=5",
+];
+
+fn model_section(path: &str) -> Vec<u8> {
+    let c = Checkpoint::read(Path::new(path)).unwrap();
+    c.section("model").unwrap().to_vec()
+}
+
+#[test]
+fn ternary_char_gpt_trains_resumes_samples_and_exports_integers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("gpt");
+    let s = run("shakespeare_char_ternary.toml", &out, TINY_GPT);
+    assert_eq!(s["iterations"], 40);
+    assert_eq!(
+        s["vocab_size"], 65,
+        "TinyShakespeare has 65 distinct characters"
+    );
+    let val = s["val_loss"].as_f64().unwrap();
+    // Uniform over 65 characters is ln 65 = 4.17 nats; 40 steps already learn letter frequencies.
+    assert!(val.is_finite() && val < 3.6, "val_loss {val}");
+    assert!(s["tokens_per_sec"].as_f64().unwrap() > 0.0);
+    assert_eq!(s["layer_bits"]["h0.attn.qkv"], "ternary");
+    assert_eq!(s["layer_bits"]["h0.mlp.proj"], "ternary");
+    assert_eq!(s["layer_bits"]["lm_head"], "float");
+    let fp32 = s["model_bytes_fp32"].as_u64().unwrap();
+    let packed = s["model_bytes_packed"].as_u64().unwrap();
+    assert!(packed < fp32, "{packed} < {fp32}");
+    assert_eq!(s["sample"].as_str().unwrap().chars().count(), 200);
+
+    // TensorBoard: LM losses per iteration, ternary fractions and γ per layer.
+    let events = read_event_dir(&out.join("tb")).unwrap();
+    for tag in [
+        "train/loss",
+        "eval/loss",
+        "val/loss",
+        "throughput/tokens_per_sec",
+        "ternary/h0.mlp.fc/frac_zero",
+        "ternary/h0.mlp.fc/frac_pos",
+        "quant/h0.mlp.fc/weight_scale",
+    ] {
+        assert!(!scalars(&events, tag).is_empty(), "missing {tag}");
+    }
+    let fracs: Vec<f32> = ["neg", "zero", "pos"]
+        .iter()
+        .map(|w| {
+            scalars(&events, &format!("ternary/h0.attn.qkv/frac_{w}"))
+                .last()
+                .unwrap()
+                .1
+        })
+        .collect();
+    assert!((fracs.iter().sum::<f32>() - 1.0).abs() < 1e-4, "{fracs:?}");
+
+    // A run that stopped after the iteration-20 checkpoint resumes to the very same weights.
+    let out2 = tmp.path().join("gpt-resumed");
+    run("shakespeare_char_ternary.toml", &out2, TINY_GPT);
+    let last = out2.join("checkpoints/iter-00000040.qck");
+    fs::remove_file(&last).unwrap();
+    let r = resume("shakespeare_char_ternary.toml", &out2, TINY_GPT);
+    assert_eq!(r["resumed_from_iteration"], 20);
+    let ckpt = s["checkpoint"].as_str().unwrap().to_string();
+    assert_eq!(
+        model_section(&ckpt),
+        model_section(r["checkpoint"].as_str().unwrap()),
+        "resumed weights differ"
+    );
+    assert_eq!(r["val_loss"], s["val_loss"]);
+    assert_eq!(r["sample"], s["sample"]);
+
+    // Sampling: the prompt comes first, a seed fixes the text, another seed changes it.
+    let sample = |seed: &str| {
+        ok(&[
+            "sample", &ckpt, "--prompt", "ROMEO:", "--tokens", "60", "--seed", seed,
+        ])
+    };
+    let a = sample("3");
+    assert!(a.starts_with("ROMEO:"), "{a}");
+    assert_eq!(a.trim_end_matches('\n').chars().count(), 66, "{a:?}");
+    assert_eq!(a, sample("3"));
+    assert_ne!(a, sample("4"));
+    let err = fails(&["sample", &ckpt, "--prompt", "ROMEO€ü"]);
+    assert!(err.contains("'€'") && err.contains("'ü'"), "{err}");
+
+    // Packed export: 2-bit and base-3 ternary codes; the file alone reproduces the model.
+    let mut sizes = Vec::new();
+    for packing in ["bits2", "base3"] {
+        let file = tmp.path().join(format!("gpt-{packing}.safetensors"));
+        let f = file.to_string_lossy().to_string();
+        let stdout = ok(&[
+            "export",
+            &ckpt,
+            "--out",
+            &f,
+            "--ternary-packing",
+            packing,
+            "--verify",
+        ]);
+        let v = json_tail(&stdout);
+        assert_eq!(v["argmax_mismatches"], 0, "{packing}: {v}");
+        assert!(v["max_abs_logit_diff"].as_f64().unwrap() < 1e-4, "{v}");
+        assert_eq!(v["integer_layers"], 4, "{v}");
+        assert!(
+            v["integer_max_abs_logit_diff"].as_f64().unwrap() < 0.05,
+            "{v}"
+        );
+        let positions = v["positions"].as_u64().unwrap();
+        assert!(positions >= 512, "{v}");
+        assert!(
+            v["integer_argmax_mismatches"].as_u64().unwrap() * 100 <= positions,
+            "{v}"
+        );
+        let (lc, li) = (
+            v["loss_checkpoint"].as_f64().unwrap(),
+            v["loss_integer"].as_f64().unwrap(),
+        );
+        assert!((lc - li).abs() < 0.01, "{v}");
+        sizes.push(fs::metadata(&file).unwrap().len());
+        // `quench sample` runs from the export file too.
+        let from_file = ok(&["sample", &f, "--prompt", "ROMEO:", "--tokens", "20"]);
+        assert!(from_file.starts_with("ROMEO:"), "{from_file}");
+    }
+    // 4 ternary layers of 32·96 + 32·32 + 32·128 + 128·32 = 12,288 weights: 2 bits → 3,072
+    // bytes, base 3 → 2,458 bytes.
+    assert!(sizes[1] + 500 < sizes[0], "base-3 file smaller: {sizes:?}");
+}
+
+#[test]
+fn language_model_bad_input_is_one_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = "experiments/shakespeare_char_fp32.toml";
+    // Epochs on a language model, a pruning section, a text shorter than the context.
+    let err = fails(&["check", recipe, "--set", "train.epochs=3"]);
+    assert!(err.contains("train.epochs"), "{err}");
+    let err = fails(&["check", recipe, "--set", "train.iterations=0"]);
+    assert!(err.contains("train.iterations"), "{err}");
+    let short = tmp.path().join("short.txt");
+    fs::write(&short, "to be or not").unwrap();
+    let out = tmp.path().join("short");
+    let err = fails(&[
+        "run",
+        recipe,
+        "--out",
+        &out.to_string_lossy(),
+        "--set",
+        &format!("data.path={:?}", short.to_string_lossy()),
+    ]);
+    assert!(
+        err.contains("short.txt") && err.contains("context"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing written for a failed start");
+    let empty = tmp.path().join("empty.txt");
+    fs::write(&empty, "").unwrap();
+    let err = fails(&[
+        "run",
+        recipe,
+        "--out",
+        &out.to_string_lossy(),
+        "--set",
+        &format!("data.path={:?}", empty.to_string_lossy()),
+    ]);
+    assert!(err.contains("empty.txt"), "{err}");
+    // Sampling from a classifier checkpoint.
+    let teacher = "checkpoints/fashion_cnn_teacher.qck";
+    let err = fails(&["sample", teacher]);
+    assert!(err.contains("not of a language model"), "{err}");
+}

@@ -15,4 +15,4 @@ pub mod text;
 pub use batch::{ImageBatch, epoch_order};
 pub use error::DataError;
 pub use image::{FASHION_MNIST_DEBIAN_DIR, ImageSet, Split, locate_dataset};
-pub use text::CharCorpus;
+pub use text::{CharCorpus, eval_windows, locate_text, sample_windows};

@@ -107,6 +107,56 @@ impl CharCorpus {
     }
 }
 
+/// Where TinyShakespeare is looked for when a recipe names no path: `input.txt` under
+/// `../shared/datasets/tinyshakespeare` relative to the current directory or one of its parents
+/// (so the workspace root and a crate's tests both find it), then `datasets/tinyshakespeare`.
+pub const TINYSHAKESPEARE_FILE: &str = "tinyshakespeare/input.txt";
+
+/// Finds a text corpus: `explicit` (a file, or a directory holding `input.txt`) when given,
+/// else TinyShakespeare in the standard places. The error lists every place it looked.
+pub fn locate_text(explicit: Option<&Path>) -> Result<std::path::PathBuf, DataError> {
+    if let Some(p) = explicit {
+        let file = if p.is_dir() {
+            p.join("input.txt")
+        } else {
+            p.to_path_buf()
+        };
+        if file.is_file() {
+            return Ok(file);
+        }
+        return Err(DataError::Missing {
+            dir: p.to_path_buf(),
+            detail: format!(
+                "no text file at {} (data.path names a UTF-8 text file, or a directory holding \
+                 input.txt)",
+                file.display()
+            ),
+        });
+    }
+    let mut candidates = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        for base in cwd.ancestors() {
+            candidates.push(base.join("../shared/datasets").join(TINYSHAKESPEARE_FILE));
+        }
+        candidates.push(cwd.join("datasets").join(TINYSHAKESPEARE_FILE));
+    }
+    if let Some(found) = candidates.iter().find(|c| c.is_file()) {
+        return Ok(found.clone());
+    }
+    let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
+    Err(DataError::Missing {
+        dir: candidates
+            .first()
+            .cloned()
+            .unwrap_or_else(|| TINYSHAKESPEARE_FILE.into()),
+        detail: format!(
+            "tinyshakespeare not found; looked at {}. Put the corpus (input.txt of karpathy's \
+             char-rnn, 1,115,394 bytes) anywhere and set data.path = \"FILE\"",
+            tried.join(", ")
+        ),
+    })
+}
+
 /// Checks that windows of `context` tokens can be cut from `len` tokens in batches of `batch`.
 fn check_window_args(len: usize, context: usize, batch: usize) -> Result<(), DataError> {
     if context == 0 || batch == 0 {

@@ -3,6 +3,7 @@
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::gpt::GptConfig;
 use crate::lenet::{ConvNet, ConvNetConfig};
 use crate::mlp::{Mlp, MlpConfig};
 use crate::names::{LayerInfo, LayerPlan};
@@ -37,10 +38,11 @@ pub enum ModelError {
     Quant(String, quench_quant::QuantError),
 }
 
-/// Which classifier to build, as a recipe's `[model]` table says.
+/// Which model to build, as a recipe's `[model]` table says: an image classifier (`mlp`,
+/// `lenet5`, `cnn`) or a character-level language model (`gpt`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "arch", rename_all = "lowercase", deny_unknown_fields)]
-pub enum ClassifierConfig {
+pub enum ModelConfig {
     /// `arch = "mlp"`, `hidden = [512, 512]`.
     Mlp {
         /// Hidden widths.
@@ -58,7 +60,21 @@ pub enum ClassifierConfig {
         /// Hidden widths of the fully connected layers.
         fc: Vec<usize>,
     },
+    /// `arch = "gpt"`: a char-level GPT (the vocabulary comes from the corpus).
+    Gpt {
+        /// Transformer blocks.
+        layers: usize,
+        /// Attention heads.
+        heads: usize,
+        /// Embedding width.
+        width: usize,
+        /// Context length in characters.
+        context: usize,
+    },
 }
+
+/// The `[model]` table's type under its first name (every variant but `gpt` is a classifier).
+pub type ClassifierConfig = ModelConfig;
 
 fn default_kernel() -> usize {
     3
@@ -76,10 +92,10 @@ pub enum Classifier {
     ConvNet(ConvNet),
 }
 
-impl ClassifierConfig {
+impl ModelConfig {
     fn conv_config(&self, classes: usize) -> Option<ConvNetConfig> {
         match self {
-            Self::Mlp { .. } => None,
+            Self::Mlp { .. } | Self::Gpt { .. } => None,
             Self::Lenet5 => Some(ConvNetConfig::lenet5(classes)),
             Self::Cnn {
                 channels,
@@ -91,6 +107,9 @@ impl ClassifierConfig {
 
     /// Checks sizes; `input` is pixels per image, `classes` the label count.
     pub fn validate(&self, input: usize, classes: usize) -> Result<(), ModelError> {
+        if let Some(gpt) = self.gpt(classes) {
+            return gpt.validate();
+        }
         if classes < 2 {
             return Err(ModelError::Invalid(format!(
                 "classes = {classes}, need ≥ 2"
@@ -113,7 +132,12 @@ impl ClassifierConfig {
     }
 
     /// The named weight layers of the model this config builds (names, paths, shapes).
+    ///
+    /// For `gpt`, `classes` is the vocabulary size and `input` is unused.
     pub fn layer_infos(&self, input: usize, classes: usize) -> Vec<LayerInfo> {
+        if let Some(gpt) = self.gpt(classes) {
+            return gpt.layer_infos();
+        }
         let (variant, mut infos) = match self {
             Self::Mlp { hidden } => (
                 "Mlp",
@@ -149,6 +173,9 @@ impl ClassifierConfig {
             Self::Mlp { hidden } => Ok(Classifier::Mlp(
                 MlpConfig::new(input, hidden.clone(), classes).init(plan, device)?,
             )),
+            Self::Gpt { .. } => Err(ModelError::Invalid(
+                "arch = \"gpt\" is a language model, not an image classifier".into(),
+            )),
             _ => {
                 let c = self
                     .conv_config(classes)
@@ -167,9 +194,40 @@ impl ClassifierConfig {
         }
     }
 
-    /// A short human-readable name (`mlp 784-512-512-10`, `lenet5`, `cnn 32-64 k3 fc256`).
+    /// True for a language model (`arch = "gpt"`), false for an image classifier.
+    pub fn is_language_model(&self) -> bool {
+        matches!(self, Self::Gpt { .. })
+    }
+
+    /// The GPT sizes with vocabulary `vocab`, when this is `arch = "gpt"`.
+    pub fn gpt(&self, vocab: usize) -> Option<GptConfig> {
+        match *self {
+            Self::Gpt {
+                layers,
+                heads,
+                width,
+                context,
+            } => Some(GptConfig {
+                vocab,
+                layers,
+                heads,
+                width,
+                context,
+            }),
+            _ => None,
+        }
+    }
+
+    /// A short human-readable name (`mlp 784-512-512-10`, `lenet5`, `cnn 32-64 k3 fc256`,
+    /// `gpt 4x128 h4 ctx64`).
     pub fn describe(&self, input: usize, classes: usize) -> String {
         match self {
+            Self::Gpt {
+                layers,
+                heads,
+                width,
+                context,
+            } => format!("gpt {layers}x{width} h{heads} ctx{context} vocab{classes}"),
             Self::Mlp { hidden } => {
                 let mut dims = vec![input.to_string()];
                 dims.extend(hidden.iter().map(|h| h.to_string()));
@@ -219,7 +277,7 @@ fn conv_padding(c: &QuantConv2d) -> Option<usize> {
     }
 }
 
-fn bias_values(b: &Option<burn::module::Param<Tensor<1>>>) -> Option<Vec<f32>> {
+pub(crate) fn bias_values(b: &Option<burn::module::Param<Tensor<1>>>) -> Option<Vec<f32>> {
     b.as_ref().and_then(|b| {
         b.val()
             .into_data()

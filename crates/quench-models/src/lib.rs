@@ -2,11 +2,13 @@
 //! (`fc1`, `conv2`, …) — later techniques select layers by name pattern from a recipe.
 
 pub mod classifier;
+pub mod gpt;
 pub mod lenet;
 pub mod mlp;
 pub mod names;
 
-pub use classifier::{Classifier, ClassifierConfig, ExportedLayer, ModelError};
+pub use classifier::{Classifier, ClassifierConfig, ExportedLayer, ModelConfig, ModelError};
+pub use gpt::{CharGpt, GptConfig};
 pub use lenet::{ConvNet, ConvNetConfig, LeNet5};
 pub use mlp::{Mlp, MlpConfig};
 pub use names::{LayerInfo, LayerKind, LayerPlan, select_layers};

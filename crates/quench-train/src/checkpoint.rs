@@ -204,6 +204,31 @@ impl Checkpoint {
         Ok(Self { meta, sections })
     }
 
+    /// True when the file at `path` starts with the checkpoint magic (it may still be damaged;
+    /// [`Self::read`] verifies it).
+    pub fn has_magic(path: &Path) -> Result<bool, CheckpointError> {
+        let mut head = [0u8; 8];
+        let mut f = File::open(path).map_err(|source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut got = 0;
+        while got < head.len() {
+            match f.read(&mut head[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(CheckpointError::Io {
+                        path: path.to_path_buf(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(got == head.len() && &head == MAGIC)
+    }
+
     /// Reads and verifies a checkpoint file.
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
         let io = |source| CheckpointError::Io {
@@ -281,6 +306,11 @@ pub fn epoch_file_name(epoch: usize) -> String {
     format!("epoch-{epoch:05}.{EXTENSION}")
 }
 
+/// The file name of a language model's checkpoint after `iteration` optimizer steps.
+pub fn iter_file_name(iteration: usize) -> String {
+    format!("iter-{iteration:08}.{EXTENSION}")
+}
+
 /// Removes temporaries left in `dir` by a write that was killed (`.NAME.tmp-PID`); returns how
 /// many. Only called by the run that owns `dir`, before it writes anything.
 pub fn remove_stale_temporaries(dir: &Path) -> Result<usize, CheckpointError> {
@@ -316,8 +346,10 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>, CheckpointE
     let mut found = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
+        // `epoch-N` (classifiers) or `iter-N` (language models): one kind per run directory.
         let epoch = name
             .strip_prefix("epoch-")
+            .or_else(|| name.strip_prefix("iter-"))
             .and_then(|r| r.strip_suffix(&format!(".{EXTENSION}")))
             .and_then(|n| n.parse::<usize>().ok());
         if let Some(epoch) = epoch {

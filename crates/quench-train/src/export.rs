@@ -95,7 +95,7 @@ pub struct ExportReport {
     pub layers: Vec<(String, String, usize)>,
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
+pub(crate) fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
@@ -126,15 +126,15 @@ fn unpack_binary(bytes: &[u8], len: usize) -> Vec<i32> {
         .collect()
 }
 
-fn export_err(path: &Path, detail: impl std::fmt::Display) -> TrainError {
+pub(crate) fn export_err(path: &Path, detail: impl std::fmt::Display) -> TrainError {
     TrainError::Export(format!("{}: {detail}", path.display()))
 }
 
 /// One tensor to write: name, dtype, shape, little-endian bytes.
-type TensorBytes = (String, Dtype, Vec<usize>, Vec<u8>);
+pub(crate) type TensorBytes = (String, Dtype, Vec<usize>, Vec<u8>);
 
 /// Packs one layer; returns its tensors and metadata.
-fn pack_layer(
+pub(crate) fn pack_layer(
     l: &ExportedLayer,
     ternary: TernaryPacking,
     path: &Path,
@@ -365,9 +365,14 @@ fn unit_of(k: usize, shape: &[usize], axis: usize) -> usize {
 
 /// Bytes the model takes when exported (what `summary.json` reports as `model_bytes_packed`).
 pub fn packed_bytes(model: &Classifier) -> Result<usize, TrainError> {
+    packed_layers_bytes(&model.export_layers())
+}
+
+/// Bytes of `layers` packed as `quench export` writes them (ternary at 2 bits).
+pub fn packed_layers_bytes(layers: &[ExportedLayer]) -> Result<usize, TrainError> {
     let mut total = 0;
-    for l in model.export_layers() {
-        let (_, meta) = pack_layer(&l, TernaryPacking::Bits2, Path::new("<model>"))?;
+    for l in layers {
+        let (_, meta) = pack_layer(l, TernaryPacking::Bits2, Path::new("<model>"))?;
         total += meta.bytes;
     }
     Ok(total)
@@ -465,14 +470,14 @@ enum InputQuant {
 
 /// One layer of a [`PackedModel`]: dequantized weight, bias, input quantization.
 #[derive(Debug)]
-struct PackedLayer {
+pub(crate) struct PackedLayer {
     meta: LayerMeta,
     weight2: Option<Tensor<2>>,
     weight4: Option<Tensor<4>>,
     bias: Option<Tensor<1>>,
     input: InputQuant,
     /// Ternary Linear layers: the integer kernel's matrix (`[d_out, d_in]`).
-    ternary: Option<TernaryMatrix>,
+    pub(crate) ternary: Option<TernaryMatrix>,
 }
 
 /// A model read back from a `quench export` file, runnable without the checkpoint.
@@ -484,7 +489,7 @@ pub struct PackedModel {
     device: Device,
 }
 
-fn read_f32(
+pub(crate) fn read_f32(
     st: &safetensors::SafeTensors,
     name: &str,
     path: &Path,
@@ -573,7 +578,7 @@ impl PackedModel {
         })
     }
 
-    fn load_layer(
+    pub(crate) fn load_layer(
         st: &safetensors::SafeTensors,
         meta: LayerMeta,
         path: &Path,
@@ -794,92 +799,12 @@ impl PackedModel {
         x: Tensor<D>,
         feature_dim: usize,
     ) -> Tensor<D> {
-        match &l.input {
-            InputQuant::Float => x,
-            InputQuant::Static {
-                scale,
-                zero_point,
-                qmin,
-                qmax,
-                pact,
-            } => {
-                let x = match pact {
-                    Some((a, true)) => x.clamp(-a, *a),
-                    Some((a, false)) => x.clamp(0.0, *a),
-                    None => x,
-                };
-                let s = Tensor::<D>::from_data(TensorData::new(vec![*scale], [1; D]), &self.device);
-                let z = Tensor::<D>::from_data(
-                    TensorData::new(vec![*zero_point], [1; D]),
-                    &self.device,
-                );
-                fake_quantize(x, s, z, *qmin, *qmax)
-            }
-            InputQuant::PerToken(spec) => {
-                let dims = x.dims();
-                let Ok(layout) = QuantLayout::new(&dims, Granularity::PerToken, 0, None) else {
-                    return x;
-                };
-                let (min, max) = layout.min_max(x.clone());
-                let (s, z) = qparams_from_range(min, max, spec);
-                let (qmin, qmax) = spec.qrange();
-                layout.unview(fake_quantize(
-                    layout.view(x),
-                    layout.broadcast(s),
-                    layout.broadcast(z),
-                    qmin,
-                    qmax,
-                ))
-            }
-            InputQuant::Absmax8(norm) => {
-                let last = D - 1;
-                let x = match norm {
-                    Some(n) if feature_dim == last => n.forward(x),
-                    Some(n) => n
-                        .forward(x.swap_dims(feature_dim, last))
-                        .swap_dims(feature_dim, last),
-                    None => x,
-                };
-                if feature_dim == last {
-                    absmax_quant_activation(x, 8)
-                } else {
-                    absmax_quant_activation(x.swap_dims(feature_dim, last), 8)
-                        .swap_dims(feature_dim, last)
-                }
-            }
-        }
+        quant_input(l, x, feature_dim, &self.device)
     }
 
     fn linear_layer(&self, l: &PackedLayer, x: Tensor<2>, integer: bool) -> Tensor<2> {
-        if integer && let (Some(m), InputQuant::Absmax8(norm)) = (&l.ternary, &l.input) {
-            // Integer path: int8 absmax activations × 2-bit ternary codes, i32 accumulation.
-            let x = match norm {
-                Some(n) => n.forward(x),
-                None => x,
-            };
-            let [b, din] = x.dims();
-            let host = x
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .unwrap_or_default();
-            let y = m.forward_f32(&host, b);
-            let dout = m.out_features();
-            let mut y = Tensor::<2>::from_data(TensorData::new(y, [b, dout]), &self.device);
-            debug_assert_eq!(din, m.in_features());
-            if let Some(bias) = &l.bias {
-                y = y + bias.clone().unsqueeze();
-            }
-            return y;
-        }
-        let x = self.quant_input(l, x, 1);
-        let w = l
-            .weight2
-            .clone()
-            .unwrap_or_else(|| Tensor::zeros([1, 1], &self.device));
-        linear(x, w, l.bias.clone())
+        packed_linear(l, x, integer, &self.device)
     }
-
     fn forward_impl(&self, x: Tensor<2>, integer: bool) -> Tensor<2> {
         let relu = Relu::new();
         let x = x.to_device(&self.device);
@@ -929,6 +854,102 @@ impl PackedModel {
     pub fn integer_layers(&self) -> usize {
         self.layers.iter().filter(|l| l.ternary.is_some()).count()
     }
+}
+
+/// Applies a packed layer's input quantization to `x` (`feature_dim`: the channel axis).
+pub(crate) fn quant_input<const D: usize>(
+    l: &PackedLayer,
+    x: Tensor<D>,
+    feature_dim: usize,
+    device: &Device,
+) -> Tensor<D> {
+    match &l.input {
+        InputQuant::Float => x,
+        InputQuant::Static {
+            scale,
+            zero_point,
+            qmin,
+            qmax,
+            pact,
+        } => {
+            let x = match pact {
+                Some((a, true)) => x.clamp(-a, *a),
+                Some((a, false)) => x.clamp(0.0, *a),
+                None => x,
+            };
+            let s = Tensor::<D>::from_data(TensorData::new(vec![*scale], [1; D]), device);
+            let z = Tensor::<D>::from_data(TensorData::new(vec![*zero_point], [1; D]), device);
+            fake_quantize(x, s, z, *qmin, *qmax)
+        }
+        InputQuant::PerToken(spec) => {
+            let dims = x.dims();
+            let Ok(layout) = QuantLayout::new(&dims, Granularity::PerToken, 0, None) else {
+                return x;
+            };
+            let (min, max) = layout.min_max(x.clone());
+            let (s, z) = qparams_from_range(min, max, spec);
+            let (qmin, qmax) = spec.qrange();
+            layout.unview(fake_quantize(
+                layout.view(x),
+                layout.broadcast(s),
+                layout.broadcast(z),
+                qmin,
+                qmax,
+            ))
+        }
+        InputQuant::Absmax8(norm) => {
+            let last = D - 1;
+            let x = match norm {
+                Some(n) if feature_dim == last => n.forward(x),
+                Some(n) => n
+                    .forward(x.swap_dims(feature_dim, last))
+                    .swap_dims(feature_dim, last),
+                None => x,
+            };
+            if feature_dim == last {
+                absmax_quant_activation(x, 8)
+            } else {
+                absmax_quant_activation(x.swap_dims(feature_dim, last), 8)
+                    .swap_dims(feature_dim, last)
+            }
+        }
+    }
+}
+
+/// A packed Linear on `[rows, d_in]`; `integer` runs ternary layers on the integer kernel.
+pub(crate) fn packed_linear(
+    l: &PackedLayer,
+    x: Tensor<2>,
+    integer: bool,
+    device: &Device,
+) -> Tensor<2> {
+    if integer && let (Some(m), InputQuant::Absmax8(norm)) = (&l.ternary, &l.input) {
+        // Integer path: int8 absmax activations × 2-bit ternary codes, i32 accumulation.
+        let x = match norm {
+            Some(n) => n.forward(x),
+            None => x,
+        };
+        let [b, din] = x.dims();
+        let host = x
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap_or_default();
+        let y = m.forward_f32(&host, b);
+        let dout = m.out_features();
+        let mut y = Tensor::<2>::from_data(TensorData::new(y, [b, dout]), device);
+        debug_assert_eq!(din, m.in_features());
+        if let Some(bias) = &l.bias {
+            y = y + bias.clone().unsqueeze();
+        }
+        return y;
+    }
+    let x = quant_input(l, x, 1, device);
+    let w = l
+        .weight2
+        .clone()
+        .unwrap_or_else(|| Tensor::zeros([1, 1], device));
+    linear(x, w, l.bias.clone())
 }
 
 /// The result of checking an export file against its checkpoint on the test set.

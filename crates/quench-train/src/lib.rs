@@ -6,6 +6,8 @@ pub mod device;
 pub mod distill;
 pub mod eval;
 pub mod export;
+pub mod lm;
+pub mod lm_export;
 pub mod logger;
 pub mod optim;
 pub mod params;

@@ -23,6 +23,8 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     epoch: usize,
     epochs: usize,
+    /// Language models: one bar over all iterations, throughput in tokens.
+    iterations: bool,
 }
 
 impl Progress {
@@ -38,6 +40,7 @@ impl Progress {
             bar: None,
             epoch: 0,
             epochs: 0,
+            iterations: false,
         }
     }
 
@@ -59,6 +62,15 @@ impl Progress {
         }
     }
 
+    /// Begins a language-model run of `iterations` steps (throughput in tokens/s).
+    pub fn start_iterations(&mut self, iterations: u64) {
+        self.start_epoch(1, 1, iterations);
+        self.iterations = true;
+        if let Some(bar) = &self.bar {
+            bar.set_prefix("iter");
+        }
+    }
+
     /// Reports the metrics of the last logging window.
     pub fn step(
         &mut self,
@@ -68,11 +80,15 @@ impl Progress {
         acc: f64,
         samples_per_sec: f64,
     ) {
-        let msg = format!("loss {loss:.4} acc {acc:.4} {samples_per_sec:.0} samples/s");
+        let unit = if self.iterations { "tokens" } else { "samples" };
+        let msg = format!("loss {loss:.4} acc {acc:.4} {samples_per_sec:.0} {unit}/s");
         match (&self.bar, self.mode) {
             (Some(bar), _) => {
                 bar.set_position(batch);
                 bar.set_message(msg);
+            }
+            (None, ProgressMode::Plain) if self.iterations => {
+                eprintln!("iter {global_step}: {msg}")
             }
             (None, ProgressMode::Plain) => eprintln!(
                 "epoch {}/{} step {global_step}: {msg}",

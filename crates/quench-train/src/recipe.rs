@@ -205,7 +205,7 @@ fn default_device() -> String {
     "flex".to_string()
 }
 
-/// Which image data set.
+/// Which data set: images for classifiers, text for the char-level language model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatasetKind {
@@ -213,15 +213,26 @@ pub enum DatasetKind {
     FashionMnist,
     /// MNIST digits.
     Mnist,
+    /// TinyShakespeare (`../shared/datasets/tinyshakespeare/input.txt`, or `data.path`).
+    Tinyshakespeare,
+    /// Any UTF-8 text file named by `data.path`, tokenized by character.
+    Text,
 }
 
 impl DatasetKind {
-    /// The name `quench_data::locate_dataset` understands.
+    /// The name `quench_data::locate_dataset` understands (`tinyshakespeare`, `text` for text).
     pub fn name(self) -> &'static str {
         match self {
             Self::FashionMnist => "fashion-mnist",
             Self::Mnist => "mnist",
+            Self::Tinyshakespeare => "tinyshakespeare",
+            Self::Text => "text",
         }
+    }
+
+    /// True for the character-level text corpora.
+    pub fn is_text(self) -> bool {
+        matches!(self, Self::Tinyshakespeare | Self::Text)
     }
 }
 
@@ -265,8 +276,19 @@ pub enum LrScheduleKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
-    /// Passes over the training set.
+    /// Passes over the training set (image classifiers).
+    #[serde(default)]
     pub epochs: usize,
+    /// Optimizer steps on random windows (language models; instead of `epochs`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub iterations: usize,
+    /// Language models: estimate the validation loss (and checkpoint) every this many
+    /// iterations, and after the last.
+    #[serde(default = "default_eval_interval")]
+    pub eval_interval: usize,
+    /// Language models: random validation batches per estimate.
+    #[serde(default = "default_eval_iters")]
+    pub eval_iters: usize,
     /// Start from the weights of this checkpoint (e.g. a float run, to fine-tune it with QAT,
     /// ternary layers or pruning); the architectures must match. Empty = fresh initialization.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -310,6 +332,15 @@ pub struct TrainConfig {
     pub drop_last: bool,
 }
 
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+fn default_eval_interval() -> usize {
+    250
+}
+fn default_eval_iters() -> usize {
+    20
+}
 fn default_optimizer() -> OptimizerKind {
     OptimizerKind::Adam
 }
@@ -519,12 +550,85 @@ impl Experiment {
         if self.name.trim().is_empty() {
             return Err(invalid("name", "\"\"".into(), "must not be empty"));
         }
-        if !(1..=100_000).contains(&t.epochs) {
+        let lm = self.model.is_language_model();
+        if lm != self.data.dataset.is_text() {
             return Err(invalid(
-                "train.epochs",
-                t.epochs.to_string(),
-                "must be in 1..=100000",
+                "data.dataset",
+                format!("\"{}\"", self.data.dataset.name()),
+                if lm {
+                    "arch = \"gpt\" trains on text: use \"tinyshakespeare\" or \"text\""
+                } else {
+                    "a text corpus needs a language model (model.arch = \"gpt\")"
+                },
             ));
+        }
+        if self.data.dataset == DatasetKind::Text && self.data.path.is_empty() {
+            return Err(invalid(
+                "data.path",
+                "\"\"".into(),
+                "dataset = \"text\" needs the path of a UTF-8 text file",
+            ));
+        }
+        if lm {
+            if t.epochs != 0 {
+                return Err(invalid(
+                    "train.epochs",
+                    t.epochs.to_string(),
+                    "language models train for train.iterations, not epochs",
+                ));
+            }
+            if !(1..=100_000_000).contains(&t.iterations) {
+                return Err(invalid(
+                    "train.iterations",
+                    t.iterations.to_string(),
+                    "must be in 1..=100000000",
+                ));
+            }
+            if t.eval_interval == 0 {
+                return Err(invalid("train.eval_interval", "0".into(), "must be ≥ 1"));
+            }
+            if !(1..=100_000).contains(&t.eval_iters) {
+                return Err(invalid(
+                    "train.eval_iters",
+                    t.eval_iters.to_string(),
+                    "must be in 1..=100000",
+                ));
+            }
+            if !(self.data.val_fraction > 0.0) {
+                return Err(invalid(
+                    "data.val_fraction",
+                    self.data.val_fraction.to_string(),
+                    "a language model needs held-out text for its validation loss (e.g. 0.1)",
+                ));
+            }
+            for (key, present) in [
+                ("prune", self.prune.is_some()),
+                ("distill", self.distill.is_some()),
+                ("train.init_from", !t.init_from.is_empty()),
+            ] {
+                if present {
+                    return Err(invalid(
+                        key,
+                        "…".into(),
+                        "not supported for arch = \"gpt\" yet (quant.layers is)",
+                    ));
+                }
+            }
+        } else {
+            if !(1..=100_000).contains(&t.epochs) {
+                return Err(invalid(
+                    "train.epochs",
+                    t.epochs.to_string(),
+                    "must be in 1..=100000",
+                ));
+            }
+            if t.iterations != 0 {
+                return Err(invalid(
+                    "train.iterations",
+                    t.iterations.to_string(),
+                    "applies to language models; classifiers train for train.epochs",
+                ));
+            }
         }
         if !(1..=1 << 20).contains(&t.batch_size) {
             return Err(invalid(
@@ -722,6 +826,8 @@ impl Experiment {
         let mut b = other.clone();
         a.train.epochs = 0;
         b.train.epochs = 0;
+        a.train.iterations = 0;
+        b.train.iterations = 0;
         a.description.clear();
         b.description.clear();
         // Logging, checkpoint retention and the device do not change what is trained.

@@ -201,7 +201,20 @@ fn sparse_size(layers: &[quench_models::ExportedLayer]) -> Result<(usize, usize)
 /// Per quantized layer: scale / zero-point / clip scalars, the weight quantization error and,
 /// for ternary / binary layers, the fractions of −1 / 0 / +1 codes.
 fn log_quant(logger: &mut Logger, model: &Classifier, step: u64) -> std::io::Result<()> {
-    for (info, _, r) in model.quant_reports() {
+    log_quant_reports(logger, model.quant_reports(), step)
+}
+
+/// [`log_quant`] for any model's per-layer reports.
+pub(crate) fn log_quant_reports(
+    logger: &mut Logger,
+    reports: Vec<(
+        quench_models::LayerInfo,
+        quench_models::LayerQuant,
+        quench_quant::layer::LayerReport,
+    )>,
+    step: u64,
+) -> std::io::Result<()> {
+    for (info, _, r) in reports {
         let name = &info.name;
         let fields = [
             ("weight_scale", r.weight_scale),
@@ -338,7 +351,11 @@ pub fn model_from_checkpoint(
 
 /// Prepares `out`: refuses a directory that holds a different experiment, or a finished run of
 /// this one without `--resume`; creates `checkpoints/` and `tb/`; records the recipe.
-fn prepare_out_dir(exp: &Experiment, out: &Path, resume: bool) -> Result<(), TrainError> {
+pub(crate) fn prepare_out_dir(
+    exp: &Experiment,
+    out: &Path,
+    resume: bool,
+) -> Result<(), TrainError> {
     let recorded = out.join("run.toml");
     if recorded.exists() {
         let text = fs::read_to_string(&recorded).map_err(|source| TrainError::Io {
@@ -386,7 +403,15 @@ fn prepare_out_dir(exp: &Experiment, out: &Path, resume: bool) -> Result<(), Tra
 }
 
 /// Runs a recipe end to end and writes `summary.json`.
+///
+/// Image classifiers only; a language model (`arch = "gpt"`) runs through
+/// [`crate::lm::run_lm`].
 pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
+    if exp.model.is_language_model() {
+        return Err(TrainError::Config(
+            "arch = \"gpt\" is a language model: train it with quench_train::lm::run_lm".into(),
+        ));
+    }
     let wall = Instant::now();
     let out = &opts.out_dir;
     let ckpt_dir = out.join("checkpoints");
