@@ -609,15 +609,20 @@ const TINY_GPT: &[&str] = &[
     "model.context=16",
     "train.batch_size=8",
     "train.warmup_steps=5",
+    "train.lr=1e-2",
+    "train.min_lr=1e-3",
     "train.eval_interval=20",
     "train.eval_iters=2",
     "log.every_steps=10",
     "checkpoint.keep=5",
 ];
 
-fn model_section(path: &str) -> Vec<u8> {
-    let c = Checkpoint::read(Path::new(path)).unwrap();
-    c.section("model").unwrap().to_vec()
+/// Every float parameter of a language-model checkpoint (records also hold per-process
+/// parameter ids, so their bytes are not comparable).
+fn gpt_weights(path: &str) -> Vec<quench::train::params::ParamValues> {
+    let device = burn::tensor::Device::flex();
+    let ck = quench::train::lm::load_lm_checkpoint(Path::new(path), &device).unwrap();
+    quench::train::params::float_params(&ck.model)
 }
 
 #[test]
@@ -631,8 +636,9 @@ fn ternary_char_gpt_trains_resumes_samples_and_exports_integers() {
         "TinyShakespeare has 65 distinct characters"
     );
     let val = s["val_loss"].as_f64().unwrap();
-    // Uniform over 65 characters is ln 65 = 4.17 nats; 40 steps already learn letter frequencies.
-    assert!(val.is_finite() && val < 3.6, "val_loss {val}");
+    // Uniform over 65 characters is ln 65 = 4.17 nats; 40 steps learn letter frequencies (the
+    // unigram entropy of the text is 3.3 nats).
+    assert!(val.is_finite() && val < 3.4, "val_loss {val}");
     assert!(s["tokens_per_sec"].as_f64().unwrap() > 0.0);
     assert_eq!(s["layer_bits"]["h0.attn.qkv"], "ternary");
     assert_eq!(s["layer_bits"]["h0.mlp.proj"], "ternary");
@@ -674,11 +680,14 @@ fn ternary_char_gpt_trains_resumes_samples_and_exports_integers() {
     let r = resume("shakespeare_char_ternary.toml", &out2, TINY_GPT);
     assert_eq!(r["resumed_from_iteration"], 20);
     let ckpt = s["checkpoint"].as_str().unwrap().to_string();
-    assert_eq!(
-        model_section(&ckpt),
-        model_section(r["checkpoint"].as_str().unwrap()),
-        "resumed weights differ"
-    );
+    let (a, b) = (gpt_weights(&ckpt), gpt_weights(r["checkpoint"].as_str().unwrap()));
+    assert_eq!(a.len(), b.len());
+    assert!(a.len() > 10, "{} parameters", a.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.path, y.path);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&x.values) == bits(&y.values), "{} differs", x.path);
+    }
     assert_eq!(r["val_loss"], s["val_loss"]);
     assert_eq!(r["sample"], s["sample"]);
 

@@ -46,6 +46,23 @@ pub enum CheckpointError {
         /// The directory searched.
         dir: PathBuf,
     },
+    /// Checkpoints exist but none can be read: resuming would silently restart the run.
+    #[error(
+        "no checkpoint in {dir} can be read, so the run cannot resume (move them away to \
+         start over): {reasons}"
+    )]
+    AllDamaged {
+        /// The directory searched.
+        dir: PathBuf,
+        /// Each file and why it was refused.
+        reasons: String,
+    },
+}
+
+/// serde's JSON writes a non-finite f64 as `null`; read it back as NaN (a metric that was not
+/// measured) instead of refusing the whole checkpoint.
+fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Metrics of one finished epoch, kept in every later checkpoint so a resumed run's summary
@@ -57,14 +74,19 @@ pub struct EpochRecord {
     /// Global optimizer steps after this epoch.
     pub step: u64,
     /// Mean training loss over the epoch.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub train_loss: f64,
     /// Training accuracy over the epoch.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub train_accuracy: f64,
     /// Evaluation loss (validation split, or test set when there is none).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub eval_loss: f64,
     /// Evaluation accuracy.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub eval_accuracy: f64,
     /// Training samples per second during this epoch (excluding eval).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub samples_per_sec: f64,
 }
 
@@ -373,8 +395,18 @@ pub fn latest_valid(
             Err(e) => skipped.push((path, e.to_string())),
         }
     }
-    Err(CheckpointError::NoneFound {
+    if skipped.is_empty() {
+        return Err(CheckpointError::NoneFound {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Err(CheckpointError::AllDamaged {
         dir: dir.to_path_buf(),
+        reasons: skipped
+            .iter()
+            .map(|(p, why)| format!("{}: {why}", p.display()))
+            .collect::<Vec<_>>()
+            .join("; "),
     })
 }
 
@@ -477,6 +509,41 @@ mod tests {
         prune_old(dir.path(), 2).unwrap();
         let list = list_checkpoints(dir.path()).unwrap();
         assert_eq!(list.iter().map(|x| x.0).collect::<Vec<_>>(), [3, 4]);
+    }
+
+    #[test]
+    fn unmeasured_metrics_round_trip_and_all_damaged_is_an_error() {
+        // A NaN metric is written as JSON null and must read back (as NaN), not make the whole
+        // checkpoint unreadable.
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = sample();
+        c.meta.history = vec![EpochRecord {
+            epoch: 1,
+            step: 10,
+            train_loss: 1.5,
+            train_accuracy: f64::NAN,
+            eval_loss: f64::INFINITY,
+            eval_accuracy: 0.5,
+            samples_per_sec: 3.0,
+        }];
+        let path = dir.path().join(iter_file_name(10));
+        c.write(&path).unwrap();
+        let back = Checkpoint::read(&path).unwrap();
+        let h = &back.meta.history[0];
+        assert!(h.train_accuracy.is_nan() && h.eval_loss.is_nan());
+        assert_eq!((h.train_loss, h.eval_accuracy), (1.5, 0.5));
+        // Every checkpoint damaged: an error naming each, never a silent restart.
+        let mut b = fs::read(&path).unwrap();
+        b[20] ^= 0xff;
+        fs::write(&path, b).unwrap();
+        let err = latest_valid(dir.path(), &mut vec![]).unwrap_err();
+        assert!(matches!(err, CheckpointError::AllDamaged { .. }), "{err}");
+        assert!(err.to_string().contains("iter-00000010.qck"), "{err}");
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            latest_valid(empty.path(), &mut vec![]),
+            Err(CheckpointError::NoneFound { .. })
+        ));
     }
 
     #[test]

@@ -523,7 +523,7 @@ pub fn run_lm(exp: &Experiment, opts: &RunOptions) -> Result<LmSummary, TrainErr
     let (mut steady_time, mut steady_tokens, mut steps_here) = (0.0f64, 0usize, 0usize);
     let (mut window_loss, mut window_correct, mut window_steps, mut window_time) =
         (0.0f64, 0i64, 0usize, 0.0f64);
-    let mut last_train_loss = f64::NAN;
+    let (mut last_train_loss, mut last_train_acc) = (f64::NAN, f64::NAN);
     let mut last_ckpt = checkpoint::list_checkpoints(&ckpt_dir)?
         .last()
         .map(|(_, p)| p.clone());
@@ -580,7 +580,7 @@ pub fn run_lm(exp: &Experiment, opts: &RunOptions) -> Result<LmSummary, TrainErr
                 window_correct as f64 / (window_steps * tokens_per_step) as f64,
                 (window_steps * tokens_per_step) as f64 / window_time.max(1e-9),
             );
-            last_train_loss = l;
+            (last_train_loss, last_train_acc) = (l, a);
             let step = done as u64;
             logger.scalar("train/loss", l, step).map_err(log_io)?;
             logger.scalar("train/accuracy", a, step).map_err(log_io)?;
@@ -613,7 +613,7 @@ pub fn run_lm(exp: &Experiment, opts: &RunOptions) -> Result<LmSummary, TrainErr
                 epoch: done,
                 step,
                 train_loss: last_train_loss,
-                train_accuracy: f64::NAN,
+                train_accuracy: last_train_acc,
                 eval_loss: val_loss,
                 eval_accuracy: val_acc,
                 samples_per_sec: if steady_time > 0.0 {
