@@ -680,7 +680,10 @@ fn ternary_char_gpt_trains_resumes_samples_and_exports_integers() {
     let r = resume("shakespeare_char_ternary.toml", &out2, TINY_GPT);
     assert_eq!(r["resumed_from_iteration"], 20);
     let ckpt = s["checkpoint"].as_str().unwrap().to_string();
-    let (a, b) = (gpt_weights(&ckpt), gpt_weights(r["checkpoint"].as_str().unwrap()));
+    let (a, b) = (
+        gpt_weights(&ckpt),
+        gpt_weights(r["checkpoint"].as_str().unwrap()),
+    );
     assert_eq!(a.len(), b.len());
     assert!(a.len() > 10, "{} parameters", a.len());
     for (x, y) in a.iter().zip(&b) {
@@ -788,4 +791,117 @@ fn language_model_bad_input_is_one_clear_error() {
     let teacher = "checkpoints/fashion_cnn_teacher.qck";
     let err = fails(&["sample", teacher]);
     assert!(err.contains("not of a language model"), "{err}");
+}
+
+#[test]
+fn pytorch_state_dict_teacher_equals_the_quench_teacher_it_was_written_from() {
+    // The shipped CNN teacher re-saved as a PyTorch state dict: Linear weights transposed to
+    // PyTorch's [out, in], tensors named `nn.Sequential` style (`features.0.weight`, …) and mapped
+    // back by the recipe's `distill.teacher_key_map`.
+    use safetensors::tensor::{Dtype, TensorView};
+    let tmp = tempfile::tempdir().unwrap();
+    let device = burn::tensor::Device::flex();
+    let teacher = quench::train::distill::load_teacher(
+        Path::new("checkpoints/fashion_cnn_teacher.qck"),
+        &device,
+    )
+    .unwrap();
+    let params = quench::train::params::float_params(&teacher);
+    let value = |path: &str| params.iter().find(|p| p.path == path).unwrap().clone();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    for (k, info) in teacher.layer_infos().iter().enumerate() {
+        let w = value(&info.weight_path());
+        let (shape, vals) = if w.dims.len() == 2 {
+            let (din, dout) = (w.dims[0], w.dims[1]);
+            let t: Vec<f32> = (0..dout * din)
+                .map(|j| w.values[(j % din) * dout + j / din])
+                .collect();
+            (vec![dout, din], t)
+        } else {
+            (w.dims.clone(), w.values.clone())
+        };
+        tensors.push((format!("features.{}.weight", 2 * k), shape, bytes(&vals)));
+        let b = value(&info.bias_path());
+        tensors.push((
+            format!("features.{}.bias", 2 * k),
+            b.dims.clone(),
+            bytes(&b.values),
+        ));
+    }
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let file = tmp.path().join("teacher_torch.safetensors");
+    fs::write(&file, safetensors::serialize(views, None).unwrap()).unwrap();
+    let names: Vec<String> = teacher
+        .layer_infos()
+        .iter()
+        .map(|i| i.name.clone())
+        .collect();
+    let key_map = names
+        .iter()
+        .enumerate()
+        .map(|(k, n)| format!(r#"['^features\.{}\.', '{n}.']"#, 2 * k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let teacher_set = format!("distill.teacher={:?}", file.to_string_lossy());
+    let model_set =
+        r#"distill.teacher_model={ arch = "cnn", channels = [32, 64], kernel = 3, fc = [256] }"#;
+    let map_set = format!("distill.teacher_key_map=[{key_map}]");
+    let sets = [
+        "train.epochs=1",
+        "model.hidden=[16]",
+        "log.every_steps=200",
+        teacher_set.as_str(),
+        model_set,
+        map_set.as_str(),
+    ];
+    let s = run("fashion_distill_mlp.toml", &tmp.path().join("torch"), &sets);
+    let reference: Value =
+        serde_json::from_str(&ok(&["eval", "checkpoints/fashion_cnn_teacher.qck"])).unwrap();
+    assert!(
+        (s["teacher_test_accuracy"].as_f64().unwrap() - 0.9232).abs() < 0.002,
+        "{}",
+        s["teacher_test_accuracy"]
+    );
+    assert_eq!(
+        s["teacher_test_accuracy"], reference["test_accuracy"],
+        "the PyTorch-layout file computes what the quench checkpoint computes"
+    );
+
+    // Without the architecture, or with a wrong one: one clear error.
+    let recipe = "experiments/fashion_distill_mlp.toml";
+    let none = tmp.path().join("none");
+    let err = fails(&[
+        "run",
+        recipe,
+        "--set",
+        &teacher_set,
+        "--out",
+        &none.to_string_lossy(),
+    ]);
+    assert!(err.contains("distill.teacher_model"), "{err}");
+    let wrong =
+        r#"distill.teacher_model={ arch = "cnn", channels = [16, 64], kernel = 3, fc = [256] }"#;
+    let out = tmp.path().join("wrong");
+    let err = fails(&[
+        "run",
+        recipe,
+        "--out",
+        &out.to_string_lossy(),
+        "--set",
+        &teacher_set,
+        "--set",
+        wrong,
+        "--set",
+        &map_set,
+    ]);
+    assert!(err.contains("`conv1.weight`"), "{err}");
 }

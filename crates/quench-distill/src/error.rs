@@ -13,6 +13,12 @@ pub enum DistillError {
         /// The offending temperature.
         value: f64,
     },
+    /// The final temperature of a schedule cannot work.
+    #[error("`distill.temperature_end` = {value}: must be finite and > 0")]
+    TemperatureEnd {
+        /// The offending temperature.
+        value: f64,
+    },
     /// The soft-loss weight is not a convex-combination weight.
     #[error(
         "`distill.alpha` = {value}: must be in [0, 1] (weight of the soft loss; the hard CE gets 1 − alpha)"

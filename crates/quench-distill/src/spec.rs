@@ -16,12 +16,24 @@ pub struct DistillSpec {
     /// Softmax temperature `T` for both teacher and student (soft loss is scaled by `T²`).
     #[serde(default = "DistillSpec::default_temperature")]
     pub temperature: f64,
+    /// Temperature at the last step: `T` moves linearly from `temperature` (first step) to this
+    /// (last step). Unset: constant `T`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature_end: Option<f64>,
     /// Weight of the soft (KL) loss; the hard-label cross entropy gets `1 − alpha`.
     #[serde(default = "DistillSpec::default_alpha")]
     pub alpha: f64,
     /// Compute the teacher's logits once, store them next to the run and reuse them.
     #[serde(default)]
     pub cache_logits: bool,
+    /// For a teacher that is not a quench checkpoint (a PyTorch state dict, safetensors or
+    /// `.pt`): its architecture, as a `[model]` table (`{ arch = "mlp", hidden = [512, 512] }`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_model: Option<toml::Table>,
+    /// Renames for a PyTorch teacher's tensors, `[regex, replacement]` pairs applied in order,
+    /// onto quench's layer names (`fc1.weight`, `conv2.bias`, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teacher_key_map: Vec<(String, String)>,
 }
 
 impl DistillSpec {
@@ -45,6 +57,9 @@ impl DistillSpec {
             temperature: Self::DEFAULT_TEMPERATURE,
             alpha: Self::DEFAULT_ALPHA,
             cache_logits: false,
+            temperature_end: None,
+            teacher_model: None,
+            teacher_key_map: Vec::new(),
         }
     }
 
@@ -53,7 +68,25 @@ impl DistillSpec {
         if self.teacher.as_os_str().is_empty() {
             return Err(DistillError::EmptyTeacher);
         }
+        if let Some(end) = self.temperature_end {
+            KdLoss::new(end, self.alpha).map_err(|e| match e {
+                DistillError::Temperature { value } => DistillError::TemperatureEnd { value },
+                other => other,
+            })?;
+        }
         KdLoss::new(self.temperature, self.alpha).map(|_| ())
+    }
+
+    /// `T` at optimizer step `step` of `total` (linear from `temperature` to `temperature_end`;
+    /// a function of the step alone, so a resumed run uses the same `T` as an uninterrupted one).
+    pub fn temperature_at(&self, step: u64, total: u64) -> f64 {
+        match self.temperature_end {
+            None => self.temperature,
+            Some(end) => {
+                let f = (step as f64 / total.saturating_sub(1).max(1) as f64).clamp(0.0, 1.0);
+                self.temperature + (end - self.temperature) * f
+            }
+        }
     }
 
     /// The loss these settings describe (validates temperature and alpha).
@@ -103,6 +136,26 @@ mod tests {
         let e = parse("teacher = \"t.bpk\"\ntemprature = 3.0").unwrap_err();
         assert!(e.to_string().contains("temprature"), "{e}");
         assert!(parse("temperature = 3.0").is_err());
+    }
+
+    #[test]
+    fn temperature_schedule_is_linear_and_validated() {
+        let mut s = DistillSpec::new("t.bpk");
+        s.temperature = 4.0;
+        assert_eq!(s.temperature_at(7, 100), 4.0);
+        s.temperature_end = Some(1.0);
+        assert_eq!(s.temperature_at(0, 101), 4.0);
+        assert_eq!(s.temperature_at(50, 101), 2.5);
+        assert_eq!(s.temperature_at(100, 101), 1.0);
+        assert_eq!(s.temperature_at(500, 101), 1.0);
+        s.validate().unwrap();
+        s.temperature_end = Some(0.0);
+        assert!(matches!(
+            s.validate(),
+            Err(DistillError::TemperatureEnd { .. })
+        ));
+        let e = parse("teacher = \"t\"\ntemperature_end = 2.0").unwrap();
+        assert_eq!(e.temperature_end, Some(2.0));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use quench_data::ImageSet;
 use quench_distill::{
     DistillSpec, Fingerprint, KdLoss, LogitCache, check_classes, fingerprint_file,
 };
-use quench_models::Classifier;
+use quench_models::{Classifier, ModelConfig};
 
 use crate::TrainError;
 use crate::checkpoint::Checkpoint;
@@ -45,6 +45,48 @@ pub fn data_fingerprint(set: &ImageSet) -> u64 {
     f.finish()
 }
 
+/// Loads the teacher `spec` names: a quench checkpoint (which carries its architecture), or a
+/// PyTorch state dict for the architecture in `distill.teacher_model`.
+pub fn load_spec_teacher(spec: &DistillSpec, device: &Device) -> Result<Classifier, TrainError> {
+    let path = &spec.teacher;
+    if Checkpoint::has_magic(path)? {
+        if spec.teacher_model.is_some() || !spec.teacher_key_map.is_empty() {
+            return Err(TrainError::Config(format!(
+                "distill.teacher_model / teacher_key_map: {} is a quench checkpoint, which carries \
+                 its own architecture and names; remove those keys",
+                path.display()
+            )));
+        }
+        return load_teacher(path, device);
+    }
+    let model = teacher_model_config(spec)?.ok_or_else(|| {
+        TrainError::Config(format!(
+            "distill.teacher: {} is not a quench checkpoint; a PyTorch teacher (safetensors or \
+             .pt) needs its architecture in the recipe: distill.teacher_model = {{ arch = \"mlp\", \
+             hidden = [512, 512] }} (or lenet5 / cnn)",
+            path.display()
+        ))
+    })?;
+    crate::pytorch_teacher::load_pytorch_teacher(path, &model, &spec.teacher_key_map, device)
+}
+
+/// The `[distill.teacher_model]` table as a model description, if the recipe has one.
+pub fn teacher_model_config(spec: &DistillSpec) -> Result<Option<ModelConfig>, TrainError> {
+    let Some(table) = &spec.teacher_model else {
+        return Ok(None);
+    };
+    let model: ModelConfig = toml::Value::Table(table.clone())
+        .try_into()
+        .map_err(|e| TrainError::Config(format!("distill.teacher_model: {e}")))?;
+    if model.is_language_model() {
+        return Err(TrainError::Config(
+            "distill.teacher_model: a teacher must be an image classifier (mlp, lenet5, cnn)"
+                .into(),
+        ));
+    }
+    Ok(Some(model))
+}
+
 /// Loads the teacher checkpoint at `path` onto `device`, checking its class count.
 pub fn load_teacher(path: &Path, device: &Device) -> Result<Classifier, TrainError> {
     let ckpt = Checkpoint::read(path)?;
@@ -63,7 +105,7 @@ impl Distiller {
     /// Loads the teacher (and the cache, if the spec asks for it); evaluates the teacher once.
     pub fn new(spec: &DistillSpec, data: &ImageData, device: &Device) -> Result<Self, TrainError> {
         let kd = spec.kd_loss()?;
-        let teacher = load_teacher(&spec.teacher, device)?;
+        let teacher = load_spec_teacher(spec, device)?;
         let (_, teacher_test_accuracy) = evaluate(&teacher, &data.test, 1000, device);
         let cache = if spec.cache_logits {
             let path = cache_path(spec);
@@ -112,7 +154,7 @@ pub fn build_cache(exp: &Experiment) -> Result<(PathBuf, usize), TrainError> {
     })?;
     let device = Device::flex();
     let data = crate::run::load_image_data(exp)?;
-    let teacher = load_teacher(&spec.teacher, &device)?;
+    let teacher = load_spec_teacher(spec, &device)?;
     let n = data.train.len();
     let mut logits = Vec::with_capacity(n * CLASSES);
     let order: Vec<usize> = (0..n).collect();

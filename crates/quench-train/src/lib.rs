@@ -12,6 +12,7 @@ pub mod logger;
 pub mod optim;
 pub mod params;
 pub mod progress;
+pub mod pytorch_teacher;
 pub mod recipe;
 pub mod run;
 pub mod sensitivity;

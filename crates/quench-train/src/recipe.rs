@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use quench_distill::{DistillError, DistillSpec};
-use quench_models::{ClassifierConfig, LayerKind, LayerPlan, LayerQuant, select_layers};
+use quench_models::{
+    ClassifierConfig, LayerKind, LayerPlan, LayerQuant, ModelConfig, select_layers,
+};
 use quench_prune::{PruneError, PruneSpec};
 use quench_quant::{QuantError, QuantSpec};
 use serde::{Deserialize, Serialize};
@@ -716,11 +718,32 @@ impl Experiment {
             d.validate().map_err(|e| {
                 let key = match &e {
                     DistillError::Temperature { .. } => "distill.temperature",
+                    DistillError::TemperatureEnd { .. } => "distill.temperature_end",
                     DistillError::Alpha { .. } => "distill.alpha",
                     _ => "distill",
                 };
                 invalid(key, String::new(), &e.to_string())
             })?;
+            if let Some(t) = &d.teacher_model {
+                let m: Result<ModelConfig, _> = toml::Value::Table(t.clone()).try_into();
+                match m {
+                    Err(e) => {
+                        return Err(invalid(
+                            "distill.teacher_model",
+                            String::new(),
+                            &e.to_string(),
+                        ));
+                    }
+                    Ok(m) if m.is_language_model() => {
+                        return Err(invalid(
+                            "distill.teacher_model",
+                            "gpt".into(),
+                            "a teacher must be an image classifier (mlp, lenet5, cnn)",
+                        ));
+                    }
+                    Ok(_) => {}
+                }
+            }
         }
         Ok(())
     }

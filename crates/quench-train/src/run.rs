@@ -456,7 +456,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
         .as_ref()
         .filter(|p| p.spec().rewind)
         .map(|_| model.clone());
-    let distiller = match &exp.distill {
+    let mut distiller = match &exp.distill {
         Some(spec) => Some(Distiller::new(spec, &data, &device)?),
         None => None,
     };
@@ -569,6 +569,9 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
             let lr = scheduler.step();
             let lr_value = lr.base();
             let batch = data.train.batch(idx, &train_device);
+            if let (Some(d), Some(spec)) = (distiller.as_mut(), &exp.distill) {
+                d.kd.temperature = spec.temperature_at(global_step, total_steps as u64);
+            }
             let teacher_logits = distiller.as_ref().map(|d| d.logits(idx, &batch.images));
             let logits = model.forward(batch.images);
             let (loss, kd_parts) = match (&distiller, teacher_logits) {
