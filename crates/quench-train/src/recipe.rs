@@ -594,6 +594,7 @@ impl Experiment {
                     "must be in 1..=100000",
                 ));
             }
+            #[allow(clippy::neg_cmp_op_on_partial_ord)]
             if !(self.data.val_fraction > 0.0) {
                 return Err(invalid(
                     "data.val_fraction",
