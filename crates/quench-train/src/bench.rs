@@ -61,6 +61,8 @@ pub struct BenchResult {
     pub peak_rss_mb: f64,
     /// Device name.
     pub device: String,
+    /// CPU threads of the compute pool (rayon; `RAYON_NUM_THREADS` sets it).
+    pub threads: usize,
     /// Untimed warm-up steps.
     pub warmup: usize,
     /// Samples per step.
@@ -245,6 +247,7 @@ fn bench_one(
         steps: opts.steps,
         peak_rss_mb: peak_rss_mb().unwrap_or(0.0),
         device: opts.device.clone(),
+        threads: rayon::current_num_threads(),
         warmup: opts.warmup,
         batch_size: t.batch_size,
         seconds,
