@@ -130,6 +130,23 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Measure steady-state training throughput (samples/s) and peak memory of reference
+    /// workloads on real Fashion-MNIST batches; prints one JSON line per workload.
+    Bench {
+        /// Device: flex (CPU), wgpu, vulkan, cuda.
+        #[arg(long, default_value = "flex")]
+        device: String,
+        /// Workloads, comma-separated (default: all of mlp-fp32, mlp-qat, mlp-ternary,
+        /// lenet-fp32, lenet-qat, distill).
+        #[arg(long, value_delimiter = ',')]
+        workloads: Option<Vec<String>>,
+        /// Timed optimizer steps per workload (batch 128).
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Untimed warm-up steps before the timed ones.
+        #[arg(long, default_value_t = 10)]
+        warmup: usize,
+    },
     /// Validate a recipe without running it.
     Check {
         /// The recipe (TOML).
@@ -287,6 +304,25 @@ fn real_main() -> Result<()> {
             )
             .with_context(|| format!("sampling from {}", checkpoint.display()))?;
             println!("{text}");
+        }
+        Command::Bench {
+            device,
+            workloads,
+            steps,
+            warmup,
+        } => {
+            use quench::train::bench::{BenchOptions, WORKLOADS, bench};
+            let opts = BenchOptions {
+                device,
+                workloads: workloads
+                    .unwrap_or_else(|| WORKLOADS.iter().map(|w| w.to_string()).collect()),
+                steps,
+                warmup,
+            };
+            bench(&opts, |r| {
+                println!("{}", serde_json::to_string(r).unwrap_or_default());
+            })
+            .context("quench bench")?;
         }
         Command::Check { recipe, set } => {
             let exp = Experiment::load(&recipe, &set)?;

@@ -135,6 +135,18 @@ impl Distiller {
         })
     }
 
+    /// A distiller around an in-memory `teacher` run live (no checkpoint, no logit cache, its
+    /// test accuracy not measured: NaN). `quench bench` uses it with an untrained teacher.
+    pub fn with_teacher(kd: KdLoss, teacher: Classifier, device: &Device) -> Self {
+        Self {
+            kd,
+            teacher: Some(teacher),
+            cache: None,
+            teacher_test_accuracy: f64::NAN,
+            device: device.clone(),
+        }
+    }
+
     /// Teacher logits for the training samples `idx` whose images are `images` (any device):
     /// from the cache, or a forward pass of the frozen teacher on the plain device.
     pub fn logits(&self, idx: &[usize], images: &Tensor<2>) -> Tensor<2> {

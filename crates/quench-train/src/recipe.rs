@@ -596,7 +596,7 @@ impl Experiment {
                     "must be in 1..=100000",
                 ));
             }
-            if !(self.data.val_fraction > 0.0) {
+            if self.data.val_fraction.is_nan() || self.data.val_fraction <= 0.0 {
                 return Err(invalid(
                     "data.val_fraction",
                     self.data.val_fraction.to_string(),

@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::lr_scheduler::LrSchedulerRecord;
+use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{GradientsParams, OptimizerRecord};
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
+use burn::optim::{GradientsParams, ModuleOptimizer, OptimizerRecord};
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device, Int, Tensor};
 use quench_data::{ImageSet, Split, epoch_order, locate_dataset};
@@ -263,6 +264,63 @@ pub fn evaluate(
 fn count_correct(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1, Int> {
     let [b] = labels.dims();
     logits.argmax(1).equal(labels.reshape([b, 1])).int().sum()
+}
+
+/// What one training step leaves for the loop to log.
+pub(crate) struct StepStats {
+    /// Mean loss of the batch.
+    pub loss: f64,
+    /// Correctly classified samples of the batch.
+    pub correct: i64,
+    /// Distillation parts (soft loss, hard loss, teacher agreement), when distilling.
+    pub kd: Option<(f32, f32, f32)>,
+}
+
+/// One training step of a classifier, exactly as `quench run` (and `quench bench`) executes it:
+/// the samples `idx` of `train` assembled into a batch on `device` → teacher logits (when
+/// distilling) → forward → cross-entropy or KD loss → backward → optimizer step at `lr`.
+///
+/// Reads the loss and the number of correct predictions back to the host, so a step's time
+/// includes finishing its work. Pruning masks and logging are the caller's.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_step(
+    model: Classifier,
+    optim: &mut ModuleOptimizer,
+    lr: ModuleLearningRate,
+    train: &ImageSet,
+    idx: &[usize],
+    device: &Device,
+    distiller: Option<&Distiller>,
+    loss_fn: &CrossEntropyLoss,
+) -> (Classifier, StepStats) {
+    let batch = train.batch(idx, device);
+    let teacher_logits = distiller.map(|d| d.logits(idx, &batch.images));
+    let logits = model.forward(batch.images);
+    let (loss, kd) = match (distiller, teacher_logits) {
+        (Some(d), Some(t)) => {
+            let out =
+                d.kd.forward(logits.clone(), t.clone(), batch.labels.clone());
+            let agree = quench_distill::agreement(logits.clone().detach(), t);
+            (
+                out.total,
+                Some((
+                    out.soft.into_scalar::<f32>(),
+                    out.hard.into_scalar::<f32>(),
+                    agree,
+                )),
+            )
+        }
+        _ => (loss_fn.forward(logits.clone(), batch.labels.clone()), None),
+    };
+    let correct = count_correct(logits.detach(), batch.labels);
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let model = optim.step(lr, model, grads);
+    let stats = StepStats {
+        loss: loss.into_scalar::<f32>() as f64,
+        correct: correct.into_scalar::<i64>(),
+        kd,
+    };
+    (model, stats)
 }
 
 /// Builds the recipe's model (each layer float / QAT / ternary / binary per `[quant]`).
@@ -568,31 +626,20 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
             let step_start = Instant::now();
             let lr = scheduler.step();
             let lr_value = lr.base();
-            let batch = data.train.batch(idx, &train_device);
             if let (Some(d), Some(spec)) = (distiller.as_mut(), &exp.distill) {
                 d.kd.temperature = spec.temperature_at(global_step, total_steps as u64);
             }
-            let teacher_logits = distiller.as_ref().map(|d| d.logits(idx, &batch.images));
-            let logits = model.forward(batch.images);
-            let (loss, kd_parts) = match (&distiller, teacher_logits) {
-                (Some(d), Some(t)) => {
-                    let out =
-                        d.kd.forward(logits.clone(), t.clone(), batch.labels.clone());
-                    let agree = quench_distill::agreement(logits.clone().detach(), t);
-                    (
-                        out.total,
-                        Some((
-                            out.soft.into_scalar::<f32>(),
-                            out.hard.into_scalar::<f32>(),
-                            agree,
-                        )),
-                    )
-                }
-                _ => (loss_fn.forward(logits.clone(), batch.labels.clone()), None),
-            };
-            let correct = count_correct(logits.detach(), batch.labels);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(lr, model, grads);
+            let stats;
+            (model, stats) = train_step(
+                model,
+                &mut optim,
+                lr,
+                &data.train,
+                idx,
+                &train_device,
+                distiller.as_ref(),
+                &loss_fn,
+            );
             if let Some(p) = pruner.as_mut() {
                 let step = global_step + 1;
                 p.update_module(step, &model)?;
@@ -607,14 +654,13 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
                     model = quench_prune::apply_masks_to_module(model, p.masks())?;
                 }
             }
-            if let Some((soft, hard, agree)) = kd_parts {
+            if let Some((soft, hard, agree)) = stats.kd {
                 kd_window.0 += soft as f64;
                 kd_window.1 += hard as f64;
                 kd_window.2 += agree as f64;
                 kd_window.3 += 1;
             }
-            let loss_value = loss.into_scalar::<f32>() as f64;
-            let correct_value = correct.into_scalar::<i64>();
+            let (loss_value, correct_value) = (stats.loss, stats.correct);
             let dt = step_start.elapsed().as_secs_f64();
             global_step += 1;
             steps_this_process += 1;

@@ -1,0 +1,74 @@
+//! End-to-end tests of `quench bench` on the real Fashion-MNIST files
+//! (`apt-get install dataset-fashion-mnist`; `.ci/run` installs it).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_quench");
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn bench_prints_one_json_line_per_workload() {
+    let out = Command::new(BIN)
+        .current_dir(root())
+        .args([
+            "bench",
+            "--workloads",
+            "mlp-fp32,mlp-ternary",
+            "--steps",
+            "5",
+            "--warmup",
+            "2",
+        ])
+        .output()
+        .expect("spawn quench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "quench bench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    let names: Vec<&str> = lines
+        .iter()
+        .map(|v| v["workload"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["mlp-fp32", "mlp-ternary"]);
+    for v in &lines {
+        let sps = v["samples_per_s"].as_f64().unwrap_or(0.0);
+        assert!(sps > 0.0 && sps.is_finite(), "{v}");
+        assert_eq!(v["steps"], 5, "{v}");
+        assert_eq!(v["device"], "flex", "{v}");
+        assert!(v["peak_rss_mb"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
+    }
+}
+
+#[test]
+fn unknown_workload_is_one_clear_error() {
+    let out = Command::new(BIN)
+        .current_dir(root())
+        .args(["bench", "--workloads", "mlp-fp32,resnet-50", "--steps", "1"])
+        .output()
+        .expect("spawn quench");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.is_empty(),
+        "nothing is measured before the check"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(lines[0].contains("`resnet-50`"), "{err}");
+    for w in quench::train::bench::WORKLOADS {
+        assert!(lines[0].contains(w), "{err}");
+    }
+}
