@@ -741,6 +741,7 @@ fn ternary_char_gpt_trains_resumes_samples_and_exports_integers() {
             v["loss_integer"].as_f64().unwrap(),
         );
         assert!((lc - li).abs() < 0.01, "{v}");
+        assert_eq!(v["samples_identical_packed"], true, "{v}");
         sizes.push(fs::metadata(&file).unwrap().len());
         // `quench sample` runs from the export file too.
         let from_file = ok(&["sample", &f, "--prompt", "ROMEO:", "--tokens", "20"]);

@@ -388,10 +388,18 @@ pub struct LmVerifyReport {
     pub loss_integer: f64,
     /// 300 characters sampled (prompt "ROMEO:", temperature 0.8, seed 0) from the checkpoint …
     pub sample_checkpoint: String,
+    /// … from the file's dequantized codes (must be identical to the checkpoint's) …
+    pub sample_packed: String,
     /// … from the file on the integer kernel …
     pub sample_integer: String,
-    /// … and whether the two texts are identical.
+    /// Whether the file's dequantized forward samples the checkpoint's text exactly.
+    pub samples_identical_packed: bool,
+    /// Whether the integer kernel samples the checkpoint's text exactly (its logits differ in
+    /// the last bits — exact i32 sums instead of f32 — so a long text can part ways where two
+    /// characters are nearly equally likely).
     pub samples_identical: bool,
+    /// Leading characters the integer kernel's text shares with the checkpoint's.
+    pub integer_common_prefix_chars: usize,
     /// Tokens/s of the checkpoint model and of the integer path over those windows.
     pub tokens_per_sec_checkpoint: f64,
     /// Tokens/s of the integer path.
@@ -456,8 +464,11 @@ pub fn verify_lm_export(ckpt_path: &Path, file: &Path) -> Result<LmVerifyReport,
         loss_packed: 0.0,
         loss_integer: 0.0,
         sample_checkpoint: String::new(),
+        sample_packed: String::new(),
         sample_integer: String::new(),
+        samples_identical_packed: false,
         samples_identical: false,
+        integer_common_prefix_chars: 0,
         tokens_per_sec_checkpoint: 0.0,
         tokens_per_sec_integer: 0.0,
     };
@@ -508,7 +519,15 @@ pub fn verify_lm_export(ckpt_path: &Path, file: &Path) -> Result<LmVerifyReport,
         ""
     };
     r.sample_checkpoint = crate::lm::generate(&ck.model, &ck.vocab, prompt, opts, &device)?;
+    r.sample_packed = packed.generate(prompt, opts, false)?;
     r.sample_integer = packed.generate(prompt, opts, true)?;
+    r.samples_identical_packed = r.sample_checkpoint == r.sample_packed;
     r.samples_identical = r.sample_checkpoint == r.sample_integer;
+    r.integer_common_prefix_chars = r
+        .sample_checkpoint
+        .chars()
+        .zip(r.sample_integer.chars())
+        .take_while(|(a, b)| a == b)
+        .count();
     Ok(r)
 }
