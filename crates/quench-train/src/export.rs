@@ -529,6 +529,22 @@ fn read_i32(
         .collect())
 }
 
+/// Parses a `quench export` file: its tensors and its quench metadata.
+pub(crate) fn open_export<'a>(
+    bytes: &'a [u8],
+    path: &Path,
+) -> Result<(safetensors::SafeTensors<'a>, HashMap<String, String>), TrainError> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| export_err(path, format!("not a safetensors file: {e}")))?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| export_err(path, e))?;
+    let info = header
+        .metadata()
+        .clone()
+        .ok_or_else(|| export_err(path, "no quench metadata (not written by quench export)"))?;
+    Ok((st, info))
+}
+
 impl PackedModel {
     /// Reads an export file; every inconsistency is an error naming the file and tensor.
     pub fn load(path: &Path) -> Result<Self, TrainError> {
@@ -536,14 +552,7 @@ impl PackedModel {
             path: path.to_path_buf(),
             source,
         })?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| export_err(path, format!("not a safetensors file: {e}")))?;
-        let (_, header) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| export_err(path, e))?;
-        let info = header
-            .metadata()
-            .clone()
-            .ok_or_else(|| export_err(path, "no quench metadata (not written by quench export)"))?;
+        let (st, info) = open_export(&bytes, path)?;
         let recipe = info
             .get("quench.recipe")
             .ok_or_else(|| export_err(path, "metadata has no quench.recipe"))?;

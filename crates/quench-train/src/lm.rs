@@ -26,12 +26,10 @@ use serde::Serialize;
 use crate::TrainError;
 use crate::checkpoint::{self, Checkpoint, CheckpointMeta, EpochRecord};
 use crate::device::resolve_device;
-use crate::logger::Logger;
 use crate::optim::{build_optimizer, build_scheduler};
 use crate::progress::Progress;
 use crate::recipe::Experiment;
-use crate::run::{RunOptions, log_quant_reports, prepare_out_dir};
-use crate::tensorboard::TensorBoardSink;
+use crate::run::{RunOptions, log_quant_reports, open_tb_logger, prepare_out_dir};
 
 /// Steps excluded from the throughput figure at the start of each process (allocations settle).
 const WARMUP_STEPS: usize = 10;
@@ -496,12 +494,7 @@ pub fn run_lm(exp: &Experiment, opts: &RunOptions) -> Result<LmSummary, TrainErr
         }
     }
 
-    let mut logger = Logger::new().with_sink(Box::new(TensorBoardSink::new(&tb_dir).map_err(
-        |source| TrainError::Io {
-            path: tb_dir.clone(),
-            source,
-        },
-    )?));
+    let mut logger = open_tb_logger(&tb_dir)?;
     let log_io = |source| TrainError::Io {
         path: tb_dir.clone(),
         source,

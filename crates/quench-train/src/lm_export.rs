@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::TrainError;
 use crate::export::{
     ExportReport, LayerMeta, PackedLayer, PackedModel, TensorBytes, TernaryPacking, export_err,
-    f32_bytes, pack_layer, packed_linear, read_f32,
+    f32_bytes, open_export, pack_layer, packed_linear, read_f32,
 };
 use crate::lm::{SampleOptions, generate_with, load_corpus, load_lm_checkpoint};
 use crate::recipe::Experiment;
@@ -180,14 +180,7 @@ impl PackedGpt {
             path: path.to_path_buf(),
             source,
         })?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| export_err(path, format!("not a safetensors file: {e}")))?;
-        let (_, header) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| export_err(path, e))?;
-        let info = header
-            .metadata()
-            .clone()
-            .ok_or_else(|| export_err(path, "no quench metadata (not written by quench export)"))?;
+        let (st, info) = open_export(&bytes, path)?;
         let get = |key: &str| {
             info.get(key)
                 .ok_or_else(|| export_err(path, format!("metadata has no {key}")))

@@ -206,6 +206,15 @@ fn log_quant(logger: &mut Logger, model: &Classifier, step: u64) -> std::io::Res
 }
 
 /// [`log_quant`] for any model's per-layer reports.
+/// The run's logger with its TensorBoard sink in `tb_dir`.
+pub(crate) fn open_tb_logger(tb_dir: &Path) -> Result<Logger, TrainError> {
+    let sink = TensorBoardSink::new(tb_dir).map_err(|source| TrainError::Io {
+        path: tb_dir.to_path_buf(),
+        source,
+    })?;
+    Ok(Logger::new().with_sink(Box::new(sink)))
+}
+
 pub(crate) fn log_quant_reports(
     logger: &mut Logger,
     reports: Vec<(
@@ -581,12 +590,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
         }
     }
 
-    let mut logger = Logger::new().with_sink(Box::new(TensorBoardSink::new(&tb_dir).map_err(
-        |source| TrainError::Io {
-            path: tb_dir.clone(),
-            source,
-        },
-    )?));
+    let mut logger = open_tb_logger(&tb_dir)?;
     let log_io = |source| TrainError::Io {
         path: tb_dir.clone(),
         source,
