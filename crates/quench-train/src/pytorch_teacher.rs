@@ -77,8 +77,11 @@ pub fn load_pytorch_teacher(
     // Partial loads and shape errors come back in the result (not as one opaque error), so the
     // message can name the first offending tensor in PyTorch's naming.
     let result = if matches!(ext.as_str(), "pt" | "pth" | "bin") {
+        // Our remapped names carry the model's enum variant (`Mlp.layers.0…`), as the
+        // safetensors store expects; the PyTorch store would strip it unless told not to.
         let mut store = PytorchStore::from_file(path)
             .remap(remapper)
+            .skip_enum_variants(false)
             .allow_partial(true)
             .validate(false);
         teacher
@@ -246,6 +249,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("teacher_key_map[0]"), "{err}");
+    }
+
+    #[test]
+    fn files_written_by_pytorch_give_pytorchs_logits() {
+        // tests/data/make_torch_teacher.py: an nn.Sequential MLP 784-8-10 saved by torch.save
+        // and by safetensors.torch, with the logits PyTorch computed for one input.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data");
+        let fixture: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("teacher_mlp8.json")).unwrap()).unwrap();
+        let floats = |k: &str| -> Vec<f32> {
+            fixture[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect()
+        };
+        let (x, want) = (floats("input"), floats("logits"));
+        let map = vec![
+            (r"^0\.".to_string(), "fc1.".to_string()),
+            (r"^2\.".to_string(), "fc2.".to_string()),
+        ];
+        let d = Device::flex();
+        for file in ["teacher_mlp8.pt", "teacher_mlp8.safetensors"] {
+            let m = load_pytorch_teacher(&dir.join(file), &mlp(), &map, &d).unwrap();
+            let got = logits(&m, &x);
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "{file}: {got:?} vs PyTorch {want:?}");
+            }
+        }
     }
 
     #[test]
