@@ -357,3 +357,53 @@ fn check_validates_every_shipped_recipe() {
         }
     }
 }
+
+#[test]
+fn nonfinite_loss_stops_with_the_step_or_skips_the_batch_and_lowers_the_lr() {
+    // QUENCH_FAULT_NAN_AT_STEPS poisons the loss of the named optimizer steps (test-only hook).
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("stop");
+    let mut cmd = run_cmd(&out, &["train.epochs=2"]);
+    cmd.env("QUENCH_FAULT_NAN_AT_STEPS", "480");
+    let err = fails(cmd);
+    // 469 steps per epoch: step 480 is in epoch 2, after the epoch-1 checkpoint.
+    assert!(err.contains("step 480") && err.contains("epoch 2"), "{err}");
+    assert!(err.contains("every weight is finite"), "{err}");
+    assert!(
+        err.contains("epoch-00001.qck") && err.contains("kept"),
+        "{err}"
+    );
+    assert!(err.contains("on_nonfinite"), "{err}");
+    let ckpts = quench::train::checkpoint::list_checkpoints(&out.join("checkpoints")).unwrap();
+    assert_eq!(
+        ckpts.len(),
+        1,
+        "the last good checkpoint stays, nothing newer"
+    );
+    Checkpoint::read(&ckpts[0].1).unwrap();
+
+    // Skip: the run finishes, two batches skipped, the LR quartered — and a resume from the
+    // epoch-1 checkpoint (which saved the factor) ends bit-identical.
+    let skip_sets = ["train.epochs=2", "train.on_nonfinite=\"skip\""];
+    let out = tmp.path().join("skip");
+    let mut cmd = run_cmd(&out, &skip_sets);
+    cmd.env("QUENCH_FAULT_NAN_AT_STEPS", "100,200");
+    ok(cmd);
+    let s = summary(&out);
+    assert_eq!(s["skipped_batches"], 2);
+    assert_eq!(s["lr_factor"], 0.25);
+    assert!(s["test_accuracy"].as_f64().unwrap() > 0.8, "{s}");
+    let out2 = tmp.path().join("skip-resumed");
+    let mut cmd = run_cmd(&out2, &skip_sets);
+    cmd.env("QUENCH_FAULT_NAN_AT_STEPS", "100,200");
+    ok(cmd);
+    fs::remove_file(out2.join("checkpoints/epoch-00002.qck")).unwrap();
+    let mut cmd = run_cmd(&out2, &skip_sets);
+    cmd.arg("--resume")
+        .env("QUENCH_FAULT_NAN_AT_STEPS", "100,200");
+    ok(cmd);
+    let r = summary(&out2);
+    assert_eq!(r["lr_factor"], 0.25);
+    assert_eq!(r["test_accuracy"], s["test_accuracy"]);
+    assert_eq!(r["test_loss"], s["test_loss"]);
+}

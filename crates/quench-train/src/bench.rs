@@ -232,6 +232,7 @@ fn bench_one(
             &train_device,
             distiller.as_ref(),
             &loss_fn,
+            step as u64 + 1,
         );
         if !stats.loss.is_finite() {
             return Err(TrainError::Diverged {

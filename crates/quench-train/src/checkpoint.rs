@@ -105,6 +105,17 @@ pub struct CheckpointMeta {
     pub quench_version: String,
     /// Named byte sections that follow the header, in order.
     pub sections: Vec<SectionInfo>,
+    /// Learning-rate multiplier left by skipped non-finite batches (`train.on_nonfinite =
+    /// "skip"` halves it per skip); 1 otherwise.
+    #[serde(default = "one")]
+    pub lr_factor: f64,
+    /// Batches skipped for a non-finite loss so far.
+    #[serde(default)]
+    pub skipped_batches: u64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// Length and checksum of one section.
@@ -433,6 +444,8 @@ mod tests {
                 history: vec![],
                 quench_version: "0".into(),
                 sections: vec![],
+                lr_factor: 1.0,
+                skipped_batches: 0,
             },
             sections: vec![
                 ("model".into(), (0..=255u8).collect()),

@@ -628,6 +628,8 @@ pub fn run_lm(exp: &Experiment, opts: &RunOptions) -> Result<LmSummary, TrainErr
                     history: history.clone(),
                     quench_version: env!("CARGO_PKG_VERSION").to_string(),
                     sections: Vec::new(),
+                    lr_factor: 1.0,
+                    skipped_batches: 0,
                 },
                 sections: vec![
                     (

@@ -274,6 +274,23 @@ pub enum LrScheduleKind {
     Cosine,
 }
 
+/// What the trainer does with a batch whose loss is not finite.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NonFinite {
+    /// Stop with an error naming the step and the first non-finite weights.
+    #[default]
+    Stop,
+    /// Skip the batch (no optimizer step) and halve the learning rate; 10 in a row stop.
+    Skip,
+}
+
+impl NonFinite {
+    fn is_stop(&self) -> bool {
+        *self == NonFinite::Stop
+    }
+}
+
 /// `[train]`: the optimisation loop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -320,6 +337,10 @@ pub struct TrainConfig {
     /// Clip the global gradient norm to this value (0 = off).
     #[serde(default)]
     pub grad_clip_norm: f64,
+    /// What a non-finite (NaN / inf) training loss does: `stop` the run (the default; the last
+    /// good checkpoint is kept) or `skip` the batch and halve the learning rate.
+    #[serde(default, skip_serializing_if = "NonFinite::is_stop")]
+    pub on_nonfinite: NonFinite,
     /// `constant` or `cosine`.
     #[serde(default = "default_schedule")]
     pub lr_schedule: LrScheduleKind,
@@ -577,6 +598,13 @@ impl Experiment {
                     "train.epochs",
                     t.epochs.to_string(),
                     "language models train for train.iterations, not epochs",
+                ));
+            }
+            if t.on_nonfinite != NonFinite::Stop {
+                return Err(invalid(
+                    "train.on_nonfinite",
+                    "skip".into(),
+                    "language models support only \"stop\" (the default)",
                 ));
             }
             if !(1..=100_000_000).contains(&t.iterations) {

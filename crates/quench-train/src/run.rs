@@ -31,12 +31,14 @@ use crate::logger::Logger;
 use crate::optim::{build_optimizer, build_scheduler};
 use crate::params::float_params;
 use crate::progress::{Progress, ProgressMode};
-use crate::recipe::{Experiment, prune_layers};
+use crate::recipe::{Experiment, NonFinite, prune_layers};
 use crate::tensorboard::TensorBoardSink;
 use quench_prune::Pruner;
 
 /// Optimizer steps at the start of a process excluded from the steady-state throughput.
 const WARMUP_STEPS: usize = 10;
+/// With `train.on_nonfinite = "skip"`: this many non-finite batches in a row stop the run.
+const MAX_CONSECUTIVE_SKIPS: u32 = 10;
 
 /// How to run a recipe.
 #[derive(Debug, Clone)]
@@ -90,6 +92,10 @@ pub struct Summary {
     /// Teacher test accuracy (distillation runs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub teacher_test_accuracy: Option<f64>,
+    /// Batches skipped for a non-finite loss (`train.on_nonfinite = "skip"`).
+    pub skipped_batches: u64,
+    /// The learning-rate multiplier those skips left (1 when none).
+    pub lr_factor: f64,
     /// Soft-loss weight α and temperature T (distillation runs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub distill: Option<DistillUsed>,
@@ -283,6 +289,30 @@ pub(crate) struct StepStats {
     pub correct: i64,
     /// Distillation parts (soft loss, hard loss, teacher agreement), when distilling.
     pub kd: Option<(f32, f32, f32)>,
+    /// False when the loss was not finite: then no backward pass and no optimizer step ran, so
+    /// the returned model is the one passed in.
+    pub stepped: bool,
+}
+
+/// Test-only fault injection: `QUENCH_FAULT_NAN_AT_STEPS=3,7` makes the loss of those (1-based)
+/// optimizer steps NaN, so the divergence handling can be tested end to end.
+fn fault_nan_at(step: u64) -> bool {
+    static STEPS: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
+    STEPS
+        .get_or_init(|| {
+            std::env::var("QUENCH_FAULT_NAN_AT_STEPS")
+                .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+                .unwrap_or_default()
+        })
+        .contains(&step)
+}
+
+/// Where a model holds non-finite values: the first parameter (in layer order) with NaN/inf.
+pub(crate) fn first_nonfinite_param(model: &Classifier) -> Option<String> {
+    crate::params::float_params(model)
+        .into_iter()
+        .find(|p| p.values.iter().any(|v| !v.is_finite()))
+        .map(|p| p.path)
 }
 
 /// One training step of a classifier, exactly as `quench run` (and `quench bench`) executes it:
@@ -301,6 +331,7 @@ pub(crate) fn train_step(
     device: &Device,
     distiller: Option<&Distiller>,
     loss_fn: &CrossEntropyLoss,
+    step: u64,
 ) -> (Classifier, StepStats) {
     let batch = train.batch(idx, device);
     let teacher_logits = distiller.map(|d| d.logits(idx, &batch.images));
@@ -322,11 +353,26 @@ pub(crate) fn train_step(
         _ => (loss_fn.forward(logits.clone(), batch.labels.clone()), None),
     };
     let correct = count_correct(logits.detach(), batch.labels);
+    let mut loss_value = loss.clone().into_scalar::<f32>() as f64;
+    if fault_nan_at(step) {
+        loss_value = f64::NAN;
+    }
+    if !loss_value.is_finite() {
+        // Never step on a non-finite loss: the weights stay those of the last good step.
+        let stats = StepStats {
+            loss: loss_value,
+            correct: 0,
+            kd,
+            stepped: false,
+        };
+        return (model, stats);
+    }
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     let model = optim.step(lr, model, grads);
     let stats = StepStats {
-        loss: loss.into_scalar::<f32>() as f64,
+        loss: loss_value,
         correct: correct.into_scalar::<i64>(),
+        stepped: true,
         kd,
     };
     (model, stats)
@@ -531,6 +577,9 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
     let mut progress = Progress::new(opts.progress);
     let mut start_epoch = 0usize;
     let mut global_step = 0u64;
+    // Divergence handling (`train.on_nonfinite = "skip"`): LR multiplier and skip counts,
+    // saved in checkpoints so a resumed run continues with the same learning rate.
+    let (mut lr_factor, mut skipped_batches, mut consecutive_skips) = (1.0f64, 0u64, 0u32);
     let mut history: Vec<EpochRecord> = Vec::new();
     let mut resumed_from = None;
     if opts.resume {
@@ -575,6 +624,8 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
                 }
                 start_epoch = ckpt.meta.epoch;
                 global_step = ckpt.meta.global_step;
+                lr_factor = ckpt.meta.lr_factor;
+                skipped_batches = ckpt.meta.skipped_batches;
                 history = ckpt.meta.history.clone();
                 resumed_from = Some(start_epoch);
                 progress.line(&format!(
@@ -628,7 +679,10 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
                 break;
             }
             let step_start = Instant::now();
-            let lr = scheduler.step();
+            let mut lr = scheduler.step();
+            if lr_factor != 1.0 {
+                lr = ModuleLearningRate::from(lr.base() * lr_factor);
+            }
             let lr_value = lr.base();
             if let (Some(d), Some(spec)) = (distiller.as_mut(), &exp.distill) {
                 d.kd.temperature = spec.temperature_at(global_step, total_steps as u64);
@@ -643,7 +697,61 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
                 &train_device,
                 distiller.as_ref(),
                 &loss_fn,
+                global_step + 1,
             );
+            if !stats.stepped {
+                global_step += 1;
+                let at = format!(
+                    "training loss is {} at step {global_step} (epoch {}, batch {})",
+                    stats.loss,
+                    epoch + 1,
+                    bi + 1
+                );
+                let weights = match first_nonfinite_param(&model) {
+                    Some(p) => format!("the weights of `{p}` are the first to hold NaN/inf"),
+                    None => "every weight is finite, so this batch's forward pass or loss \
+                             overflowed"
+                        .to_string(),
+                };
+                let kept = match checkpoint::list_checkpoints(&ckpt_dir)?.last() {
+                    Some((_, p)) => format!("the last good checkpoint {} is kept", p.display()),
+                    None => "no checkpoint had been written yet".to_string(),
+                };
+                match t.on_nonfinite {
+                    NonFinite::Skip if consecutive_skips < MAX_CONSECUTIVE_SKIPS => {
+                        consecutive_skips += 1;
+                        skipped_batches += 1;
+                        lr_factor *= 0.5;
+                        progress.line(&format!(
+                            "warning: {at}; {weights}: batch skipped, learning rate now × \
+                             {lr_factor}"
+                        ));
+                        logger
+                            .scalar("train/skipped_batches", skipped_batches as f64, global_step)
+                            .map_err(log_io)?;
+                        continue;
+                    }
+                    NonFinite::Skip => {
+                        return Err(TrainError::Diverged {
+                            step: global_step,
+                            detail: format!(
+                                "{at}; {MAX_CONSECUTIVE_SKIPS} batches in a row were skipped \
+                                 (train.on_nonfinite = \"skip\"); {weights}; {kept}"
+                            ),
+                        });
+                    }
+                    NonFinite::Stop => {
+                        return Err(TrainError::Diverged {
+                            step: global_step,
+                            detail: format!(
+                                "{at}; {weights}; {kept}. `train.on_nonfinite = \"skip\"` \
+                                 skips such batches and halves the learning rate instead"
+                            ),
+                        });
+                    }
+                }
+            }
+            consecutive_skips = 0;
             if let Some(p) = pruner.as_mut() {
                 let step = global_step + 1;
                 p.update_module(step, &model)?;
@@ -668,16 +776,6 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
             let dt = step_start.elapsed().as_secs_f64();
             global_step += 1;
             steps_this_process += 1;
-            if !loss_value.is_finite() {
-                return Err(TrainError::Diverged {
-                    step: global_step,
-                    detail: format!(
-                        "training loss is {loss_value} at epoch {}, batch {}",
-                        epoch + 1,
-                        bi + 1
-                    ),
-                });
-            }
             if steps_this_process > WARMUP_STEPS {
                 steady_time += dt;
                 steady_samples += idx.len();
@@ -812,6 +910,8 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
                 history: history.clone(),
                 quench_version: env!("CARGO_PKG_VERSION").to_string(),
                 sections: Vec::new(),
+                lr_factor,
+                skipped_batches,
             },
             sections: vec![
                 (
@@ -894,6 +994,8 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
         model_bytes_sparse,
         layer_sparsity,
         teacher_test_accuracy: distiller.as_ref().map(|d| d.teacher_test_accuracy),
+        skipped_batches,
+        lr_factor,
         distill: exp.distill.as_ref().map(|d| DistillUsed {
             teacher: d.teacher.clone(),
             temperature: d.temperature,
