@@ -369,6 +369,7 @@ fn nonfinite_loss_stops_with_the_step_or_skips_the_batch_and_lowers_the_lr() {
     // 469 steps per epoch: step 480 is in epoch 2, after the epoch-1 checkpoint.
     assert!(err.contains("step 480") && err.contains("epoch 2"), "{err}");
     assert!(err.contains("every weight is finite"), "{err}");
+    assert!(err.contains("the loss itself is non-finite"), "{err}");
     assert!(
         err.contains("epoch-00001.qck") && err.contains("kept"),
         "{err}"

@@ -357,6 +357,15 @@ impl Classifier {
         }
     }
 
+    /// Name of the first weight layer whose output on `x` holds NaN or ±inf (`None`: every
+    /// layer's output is finite), to say where a diverging run broke.
+    pub fn first_nonfinite_layer(&self, x: Tensor<2>) -> Option<String> {
+        match self {
+            Self::Mlp(m) => m.first_nonfinite_layer(x),
+            Self::ConvNet(m) => m.first_nonfinite_layer(x),
+        }
+    }
+
     /// The named weight layers of the model, in forward order; `path` is the full module
     /// path inside this enum (`Mlp.layers.0`, `ConvNet.conv1`), as records and visitors see it.
     pub fn layer_infos(&self) -> Vec<LayerInfo> {
@@ -378,9 +387,38 @@ impl Classifier {
     }
 }
 
+/// True when `t` holds a NaN or an infinity.
+pub(crate) fn has_nonfinite<const D: usize>(t: &Tensor<D>) -> bool {
+    !t.clone().is_finite().all().into_scalar::<bool>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_nonfinite_layer_names_where_activations_break() {
+        let device = Device::flex();
+        let cfg = ClassifierConfig::Mlp { hidden: vec![4, 4] };
+        let x = Tensor::<2>::ones([2, 784], &device);
+        let m = cfg.init_float(784, 10, &device);
+        assert_eq!(m.first_nonfinite_layer(x.clone()), None);
+        let Classifier::Mlp(mut mlp) = m else {
+            unreachable!("an MLP config builds an MLP")
+        };
+        // An infinite weight in fc2: fc1's outputs stay finite, fc2's do not.
+        let w = mlp.layers[1].inner.weight.val();
+        let inf = w.clone().mul_scalar(0.0).add_scalar(f32::INFINITY);
+        mlp.layers[1].inner.weight = burn::module::Param::from_tensor(inf);
+        let m = Classifier::Mlp(mlp);
+        assert_eq!(m.first_nonfinite_layer(x.clone()).as_deref(), Some("fc2"));
+        // A NaN input breaks fc1 already; LeNet-5 names its convolution.
+        let nan = x.clone().mul_scalar(f32::NAN);
+        assert_eq!(m.first_nonfinite_layer(nan.clone()).as_deref(), Some("fc1"));
+        let lenet = ClassifierConfig::Lenet5.init_float(784, 10, &device);
+        assert_eq!(lenet.first_nonfinite_layer(x), None);
+        assert_eq!(lenet.first_nonfinite_layer(nan).as_deref(), Some("conv1"));
+    }
 
     #[test]
     fn mlp_shapes_names_and_params() {

@@ -168,6 +168,38 @@ impl ConvNet {
         x
     }
 
+    /// Name of the first layer whose output (on `x`) holds NaN or ±inf, for divergence reports.
+    pub fn first_nonfinite_layer(&self, x: Tensor<2>) -> Option<String> {
+        use crate::classifier::has_nonfinite;
+        let names: Vec<String> = self.layer_infos().into_iter().map(|i| i.name).collect();
+        let [batch, _] = x.dims();
+        let x = self.conv1.forward(x.reshape([batch, 1, 28, 28]));
+        if has_nonfinite(&x) {
+            return names.first().cloned();
+        }
+        let x = self
+            .conv2
+            .forward(self.pool.forward(self.activation.forward(x)));
+        if has_nonfinite(&x) {
+            return names.get(1).cloned();
+        }
+        let mut x = self
+            .pool
+            .forward(self.activation.forward(x))
+            .reshape([batch, self.flat]);
+        let last = self.fcs.len() - 1;
+        for (i, fc) in self.fcs.iter().enumerate() {
+            x = fc.forward(x);
+            if has_nonfinite(&x) {
+                return names.get(2 + i).cloned();
+            }
+            if i != last {
+                x = self.activation.forward(x);
+            }
+        }
+        None
+    }
+
     /// The named weight layers, in forward order.
     pub fn layer_infos(&self) -> Vec<LayerInfo> {
         let mut v = vec![

@@ -90,6 +90,22 @@ impl Mlp {
         x
     }
 
+    /// Name of the first layer whose output (on `x`) holds NaN or ±inf, for divergence reports.
+    pub fn first_nonfinite_layer(&self, x: Tensor<2>) -> Option<String> {
+        let last = self.layers.len() - 1;
+        let mut x = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x);
+            if crate::classifier::has_nonfinite(&x) {
+                return Some(format!("fc{}", i + 1));
+            }
+            if i != last {
+                x = self.activation.forward(x);
+            }
+        }
+        None
+    }
+
     /// The named weight layers (`fc1` is `layers.0`, …).
     pub fn layer_infos(&self) -> Vec<LayerInfo> {
         self.layers

@@ -709,9 +709,18 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
                 );
                 let weights = match first_nonfinite_param(&model) {
                     Some(p) => format!("the weights of `{p}` are the first to hold NaN/inf"),
-                    None => "every weight is finite, so this batch's forward pass or loss \
-                             overflowed"
-                        .to_string(),
+                    None => {
+                        let images = data.train.batch(idx, &device).images;
+                        match model.valid().first_nonfinite_layer(images) {
+                            Some(l) => format!(
+                                "every weight is finite; the outputs of layer `{l}` are the \
+                                 first to go non-finite on this batch"
+                            ),
+                            None => "every weight is finite and every layer's output too: the \
+                                     loss itself is non-finite"
+                                .to_string(),
+                        }
+                    }
                 };
                 let kept = match checkpoint::list_checkpoints(&ckpt_dir)?.last() {
                     Some((_, p)) => format!("the last good checkpoint {} is kept", p.display()),
