@@ -277,14 +277,19 @@ fn distillation_live_teacher_equals_cached_logits() {
     );
     let tpath = teacher["checkpoint"].as_str().unwrap().to_string();
     let tset = format!("distill.teacher=\"{tpath}\"");
-    let student_sets = ["train.epochs=1", "model.hidden=[16]", tset.as_str()];
+    let student_sets = [
+        "train.epochs=1",
+        "model.hidden=[16]",
+        "distill.cache_logits=false",
+        tset.as_str(),
+    ];
     let live = run(
         "fashion_distill_mlp.toml",
         &tmp.path().join("live"),
         &student_sets,
     );
     assert_eq!(live["teacher_test_accuracy"], teacher["test_accuracy"]);
-    assert_eq!(live["distill"]["soft_weight"], 0.5);
+    assert_eq!(live["distill"]["soft_weight"], 0.9);
     assert!(live["test_accuracy"].as_f64().unwrap() > 0.7);
     let events = read_event_dir(&tmp.path().join("live/tb")).unwrap();
     for tag in [
@@ -310,6 +315,21 @@ fn distillation_live_teacher_equals_cached_logits() {
     );
     assert_eq!(cached["test_loss"], live["test_loss"]);
     assert_eq!(cached["distill"]["cached_logits"], true);
+
+    // cache_logits without a cache: the first run writes it (one teacher pass), same result.
+    let copy = tmp.path().join("copy.qck");
+    fs::copy(&tpath, &copy).unwrap();
+    let cset = format!("distill.teacher=\"{}\"", copy.display());
+    let mut auto_sets = cached_sets.clone();
+    auto_sets[3] = cset.as_str();
+    assert!(!copy.with_extension("logits").exists());
+    let auto = run(
+        "fashion_distill_mlp.toml",
+        &tmp.path().join("auto"),
+        &auto_sets,
+    );
+    assert!(copy.with_extension("logits").exists());
+    assert_eq!(auto["test_loss"], live["test_loss"]);
 
     // A cache made by another teacher is refused.
     let other = run(

@@ -110,11 +110,9 @@ impl Distiller {
         let cache = if spec.cache_logits {
             let path = cache_path(spec);
             if !path.exists() {
-                return Err(TrainError::Config(format!(
-                    "distill.cache_logits = true but {} does not exist; run `quench distill-cache \
-                     RECIPE` first",
-                    path.display()
-                )));
+                // First use: one teacher pass over the training set writes the cache (what
+                // `quench distill-cache` does); every later run reads it.
+                write_cache(spec, &teacher, &data.train, device)?;
             }
             Some(LogitCache::open(
                 &path,
@@ -167,11 +165,21 @@ pub fn build_cache(exp: &Experiment) -> Result<(PathBuf, usize), TrainError> {
     let device = Device::flex();
     let data = crate::run::load_image_data(exp)?;
     let teacher = load_spec_teacher(spec, &device)?;
-    let n = data.train.len();
+    write_cache(spec, &teacher, &data.train, &device)
+}
+
+/// Runs `teacher` over `train` in index order and writes the logit cache of `spec`.
+fn write_cache(
+    spec: &DistillSpec,
+    teacher: &Classifier,
+    train: &ImageSet,
+    device: &Device,
+) -> Result<(PathBuf, usize), TrainError> {
+    let n = train.len();
     let mut logits = Vec::with_capacity(n * CLASSES);
     let order: Vec<usize> = (0..n).collect();
     for idx in order.chunks(1000) {
-        let batch = data.train.batch(idx, &device);
+        let batch = train.batch(idx, device);
         let l = teacher.forward(batch.images);
         logits.extend(
             l.into_data()
@@ -184,7 +192,7 @@ pub fn build_cache(exp: &Experiment) -> Result<(PathBuf, usize), TrainError> {
     LogitCache::create(
         &path,
         fingerprint_file(&spec.teacher)?,
-        data_fingerprint(&data.train),
+        data_fingerprint(train),
         logits,
         n,
         CLASSES,
