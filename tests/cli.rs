@@ -408,3 +408,58 @@ fn nonfinite_loss_stops_with_the_step_or_skips_the_batch_and_lowers_the_lr() {
     assert_eq!(r["test_accuracy"], s["test_accuracy"]);
     assert_eq!(r["test_loss"], s["test_loss"]);
 }
+
+#[test]
+fn repeated_sigkills_at_arbitrary_points_resume_to_the_uninterrupted_result() {
+    // Kill the run at pseudo-random moments (while loading data, training, evaluating or inside
+    // a slowed checkpoint write), resume, kill again…, then let it finish: the result must be
+    // the uninterrupted run's, bit for bit. The delays come from a fixed LCG so a failure
+    // reproduces.
+    let tmp = tempfile::tempdir().unwrap();
+    let full = tmp.path().join("full");
+    let cut = tmp.path().join("cut");
+    let extra = ["train.epochs=3", "log.every_steps=100", "checkpoint.keep=2"];
+    ok(run_cmd(&full, &extra));
+    let mut state: u64 = 0x5eed;
+    let mut kills = 0;
+    for attempt in 0..8 {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let delay = 300 + (state >> 33) % 2500;
+        let mut cmd = run_cmd(&cut, &extra);
+        if attempt > 0 {
+            cmd.arg("--resume");
+        }
+        cmd.env("QUENCH_TEST_SLOW_WRITE_MS", "40")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        if child.try_wait().unwrap().is_some() {
+            break; // it finished before this kill point
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        // Never a half-written checkpoint under a final name.
+        for (_, p) in quench::train::checkpoint::list_checkpoints(&cut.join("checkpoints"))
+            .unwrap_or_default()
+        {
+            Checkpoint::read(&p).unwrap_or_else(|e| panic!("kill {kills}: {e}"));
+        }
+    }
+    assert!(kills >= 3, "only {kills} kill points landed");
+    eprintln!("{kills} SIGKILLs landed before the run finished");
+    let mut last = run_cmd(&cut, &extra);
+    last.arg("--resume");
+    ok(last);
+    let (a, b) = (summary(&full), summary(&cut));
+    assert_eq!(a["test_loss"], b["test_loss"], "after {kills} kills");
+    assert_eq!(a["test_accuracy"], b["test_accuracy"]);
+    let (wa, wb) = (weights(&a), weights(&b));
+    for (x, y) in wa.iter().zip(&wb) {
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&x.values) == bits(&y.values), "{} differs", x.path);
+    }
+}
