@@ -113,7 +113,7 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 /// slower) plus an add: for `|v| < 2^22` both are exact integer arithmetic, and every larger
 /// `|v|`, where the trick could be a unit off, lands far outside `[qmin, qmax]` either way — so
 /// the clamped codes and the in-range mask are bit-for-bit those of `round(v) + zp`.
-fn round_add_zp<const D: usize>(
+pub(crate) fn round_add_zp<const D: usize>(
     v: Tensor<D>,
     zero_point: Option<Tensor<D>>,
     qmin: i32,

@@ -7,7 +7,7 @@
 
 use burn::tensor::Tensor;
 
-use crate::ste::straight_through;
+use crate::ste::{round_add_zp, straight_through};
 
 /// Lower bound of BitNet scales (`mean|W|`, `max|x|`), so all-zero tensors do not divide by 0.
 pub const BITNET_EPS: f32 = 1e-5;
@@ -23,7 +23,11 @@ fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 fn ternary_parts<const D: usize>(w: Tensor<D>) -> (Tensor<D>, Tensor<1>) {
     let w = w.detach();
     let gamma = w.clone().abs().mean().clamp_min(BITNET_EPS);
-    let codes = (w / gamma.clone().reshape([1; D])).round().clamp(-1.0, 1.0);
+    // `round_add_zp` + one-sided clamps: bit-for-bit `round().clamp(-1, 1)`, without burn's
+    // scalar CPU `round` and `clamp` kernels (the ternary step's hottest ops).
+    let codes = round_add_zp(w / gamma.clone().reshape([1; D]), None, -1, 1)
+        .clamp_min(-1.0)
+        .clamp_max(1.0);
     (codes, gamma)
 }
 
@@ -85,7 +89,10 @@ pub fn absmax_quant_activation<const D: usize>(x: Tensor<D>, bits: u32) -> Tenso
     let value = x.clone().detach();
     let amax = value.clone().abs().max_dim(D - 1).clamp_min(BITNET_EPS);
     let scale = amax.ones_like().mul_scalar(qb - 1.0) / amax;
-    let q = (value * scale.clone()).round().clamp(-qb, qb - 1.0) / scale;
+    let q = round_add_zp(value * scale.clone(), None, -(qb as i32), qb as i32 - 1)
+        .clamp_min(-qb)
+        .clamp_max(qb - 1.0)
+        / scale;
     straight_through(x, q)
 }
 
