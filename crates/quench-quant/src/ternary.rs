@@ -41,6 +41,38 @@ fn ternary_parts<const D: usize>(w: Tensor<D>) -> (Tensor<D>, Tensor<1>) {
     (codes, gamma)
 }
 
+/// Flex fast path of [`absmax_quant_activation`]'s value: per row of the last axis, the same
+/// f32 operations as the tensor path (`amax`, `s = (qb−1)/amax`, `clamp(round(v·s))/s`), so the
+/// result is bit-for-bit identical, in one pass instead of ten tensor ops.
+fn absmax_host<const D: usize>(x: &Tensor<D>, qb: f32) -> Option<Tensor<D>> {
+    let dims = x.dims();
+    let last = dims[D - 1];
+    if last == 0 {
+        return None;
+    }
+    let HostCopy { mut values, device } = HostCopy::of(x)?;
+    // Rounding by `(t + M) - M` is exact half-to-even for |t| < 2^22; |v·s| ≤ qb−1 here (NaN
+    // and ±inf rows propagate as in the tensor path's ops).
+    const M: f32 = 12_582_912.0;
+    for row in values.chunks_exact_mut(last) {
+        let amax = row.iter().fold(0f32, |m, v| {
+            let a = v.abs();
+            if a > m || a.is_nan() { a } else { m }
+        });
+        let amax = if amax.is_nan() {
+            amax
+        } else {
+            amax.max(BITNET_EPS)
+        };
+        let scale = (qb - 1.0) / amax;
+        for v in row.iter_mut() {
+            let t = *v * scale;
+            *v = ((t + M) - M).clamp(-qb, qb - 1.0) / scale;
+        }
+    }
+    Some(Tensor::from_data(TensorData::new(values, dims), &device))
+}
+
 /// Flex fast path: the codes (as f32) and γ of `w` in one pass over a host copy, instead of
 /// nine tensor ops (the ternary layer's training step was 2.4× a float layer's). `|W|` is summed
 /// in f64, then `γ = max(sum / n, eps)` in f32; codes round half to even like `round`.
@@ -118,14 +150,21 @@ pub fn absmax_quant_activation<const D: usize>(x: Tensor<D>, bits: u32) -> Tenso
         "absmax activation bits must be in 2..=16, got {bits}"
     );
     let qb = (1_i32 << (bits - 1)) as f32;
-    let value = x.clone().detach();
+    let q = match absmax_host(&x, qb) {
+        Some(q) => q,
+        None => absmax_ops(x.clone().detach(), qb),
+    };
+    straight_through(x, q)
+}
+
+/// The value of [`absmax_quant_activation`] by tensor ops (any backend).
+fn absmax_ops<const D: usize>(value: Tensor<D>, qb: f32) -> Tensor<D> {
     let amax = value.clone().abs().max_dim(D - 1).clamp_min(BITNET_EPS);
     let scale = amax.ones_like().mul_scalar(qb - 1.0) / amax;
-    let q = round_add_zp(value * scale.clone(), None, -(qb as i32), qb as i32 - 1)
+    round_add_zp(value * scale.clone(), None, -(qb as i32), qb as i32 - 1)
         .clamp_min(-qb)
         .clamp_max(qb - 1.0)
-        / scale;
-    straight_through(x, q)
+        / scale
 }
 
 #[cfg(test)]
@@ -133,6 +172,45 @@ mod tests {
     use super::*;
     use crate::ste::tests::{assert_close, t1, t2, vals};
     use burn::tensor::Device;
+
+    #[test]
+    fn host_fast_paths_equal_the_tensor_ops_bit_for_bit() {
+        let d = Device::flex();
+        d.seed(7);
+        let x = burn::tensor::Tensor::<2>::random(
+            [64, 96],
+            burn::tensor::Distribution::Normal(0.0, 3.0),
+            &d,
+        );
+        // Exact ties: a row whose values land on k + 0.5 after scaling (amax 127 → scale 1).
+        let ties: Vec<f32> = (0..96)
+            .map(|i| {
+                if i == 0 {
+                    127.0
+                } else {
+                    (i as f32 - 48.0) + 0.5
+                }
+            })
+            .collect();
+        let x = burn::tensor::Tensor::cat(vec![x, t2(&ties, [1, 96], &d)], 0);
+        for bits in [8, 4] {
+            let qb = (1_i32 << (bits - 1)) as f32;
+            let a = vals(absmax_host(&x, qb).unwrap());
+            let b = vals(absmax_ops(x.clone(), qb));
+            let bits_of = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert!(bits_of(&a) == bits_of(&b), "{bits}-bit activations differ");
+        }
+        // Ternary: the host codes are round-half-even(W/γ) clamped, γ = mean|W|.
+        let w = vec![0.5f32, -1.5, 0.25, 2.0, -0.0, 0.75];
+        let gamma = w.iter().map(|v| v.abs()).sum::<f32>() / 6.0; // 0.8333
+        let (codes, g, _) = ternary_host(&t1(&w, &d)).unwrap();
+        assert!((g - gamma).abs() < 1e-7);
+        let want: Vec<f32> = w
+            .iter()
+            .map(|v| (v / g).round_ties_even().clamp(-1.0, 1.0))
+            .collect();
+        assert_eq!(codes, want);
+    }
 
     #[test]
     fn ternary_values_codes_and_passthrough_gradient() {
