@@ -424,23 +424,7 @@ pub fn export_checkpoint(
         tensors.extend(t);
         metas.push(meta);
     }
-    let views = tensors
-        .iter()
-        .map(|(n, dt, shape, data)| {
-            TensorView::new(*dt, shape.clone(), data)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| export_err(out, format!("tensor {n}: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut info = HashMap::new();
-    info.insert("quench.recipe".to_string(), exp.to_toml());
-    info.insert(
-        "quench.layers".to_string(),
-        serde_json::to_string(&metas).map_err(|e| export_err(out, e))?,
-    );
-    info.insert("quench.format".to_string(), "1".to_string());
-    let bytes = safetensors::serialize(views, Some(info)).map_err(|e| export_err(out, e))?;
-    crate::checkpoint::write_atomic(out, &bytes)?;
+    let bytes = write_export(out, &tensors, exp.to_toml(), &metas, &[])?;
     Ok(ExportReport {
         path: out.to_path_buf(),
         file_bytes: bytes.len() as u64,
@@ -451,6 +435,38 @@ pub fn export_checkpoint(
             .map(|m| (m.name.clone(), m.packing.clone(), m.bytes))
             .collect(),
     })
+}
+
+/// Serializes `tensors` with the quench metadata (recipe, per-layer `metas`, format, `extra`
+/// keys) and writes the safetensors file atomically; returns its bytes.
+pub(crate) fn write_export(
+    out: &Path,
+    tensors: &[TensorBytes],
+    recipe_toml: String,
+    metas: &[LayerMeta],
+    extra: &[(&str, String)],
+) -> Result<Vec<u8>, TrainError> {
+    let views = tensors
+        .iter()
+        .map(|(n, dt, shape, data)| {
+            TensorView::new(*dt, shape.clone(), data)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| export_err(out, format!("tensor {n}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut info = HashMap::new();
+    info.insert("quench.recipe".to_string(), recipe_toml);
+    info.insert(
+        "quench.layers".to_string(),
+        serde_json::to_string(metas).map_err(|e| export_err(out, e))?,
+    );
+    info.insert("quench.format".to_string(), "1".to_string());
+    for (k, v) in extra {
+        info.insert((*k).to_string(), v.clone());
+    }
+    let bytes = safetensors::serialize(views, Some(info)).map_err(|e| export_err(out, e))?;
+    crate::checkpoint::write_atomic(out, &bytes)?;
+    Ok(bytes)
 }
 
 /// How one layer of a [`PackedModel`] quantizes its input.

@@ -8,7 +8,6 @@
 //! either from the dequantized codes (the fake-quant forward's values) or with the ternary
 //! Linears on the integer kernel (int8 activations × 2-bit codes, i32 accumulation).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -19,13 +18,13 @@ use burn::tensor::module::{attention, embedding};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use quench_models::{CharGpt, GptConfig, LayerQuant};
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use serde::Serialize;
 
 use crate::TrainError;
 use crate::export::{
     ExportReport, LayerMeta, PackedLayer, PackedModel, TensorBytes, TernaryPacking, export_err,
-    f32_bytes, open_export, pack_layer, packed_linear, read_f32,
+    f32_bytes, open_export, pack_layer, packed_linear, read_f32, write_export,
 };
 use crate::lm::{SampleOptions, generate_with, load_corpus, load_lm_checkpoint};
 use crate::recipe::Experiment;
@@ -105,24 +104,14 @@ pub fn export_lm_checkpoint(
         report_layers.push((meta.name.clone(), meta.packing.clone(), meta.bytes));
         metas.push(meta);
     }
-    let views = tensors
-        .iter()
-        .map(|(n, dt, shape, data)| {
-            TensorView::new(*dt, shape.clone(), data)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| export_err(out, format!("tensor {n}: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut info = HashMap::new();
-    info.insert("quench.recipe".to_string(), ck.exp.to_toml());
-    info.insert(
-        "quench.layers".to_string(),
-        serde_json::to_string(&metas).map_err(|e| export_err(out, e))?,
-    );
-    info.insert("quench.format".to_string(), "1".to_string());
-    info.insert("quench.vocab".to_string(), ck.vocab.iter().collect());
-    let bytes = safetensors::serialize(views, Some(info)).map_err(|e| export_err(out, e))?;
-    crate::checkpoint::write_atomic(out, &bytes)?;
+    let vocab: String = ck.vocab.iter().collect();
+    let bytes = write_export(
+        out,
+        &tensors,
+        ck.exp.to_toml(),
+        &metas,
+        &[("quench.vocab", vocab)],
+    )?;
     Ok(ExportReport {
         path: out.to_path_buf(),
         file_bytes: bytes.len() as u64,
