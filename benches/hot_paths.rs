@@ -112,6 +112,20 @@ fn bench_mask_and_kd(c: &mut Criterion) {
             )
         })
     });
+    // What pruning runs after every optimizer step: masks applied to a module's parameters.
+    let linear = burn::nn::LinearConfig::new(D, D).init(&Device::flex().autodiff());
+    let mut masks = quench_prune::Masks::new();
+    let keep: Vec<bool> = (0..D * D).map(|i| i % 10 != 0).collect();
+    masks.insert(
+        "weight".to_string(),
+        quench_prune::Mask::new(&[D, D], keep).expect("mask shape"),
+    );
+    c.bench_function("mask_module_512x512", |b| {
+        b.iter(|| {
+            let m = quench_prune::apply_masks_to_module(linear.clone(), &masks).expect("masks fit");
+            black_box(m.weight.val().slice([0..1, 0..1]).into_scalar::<f32>())
+        })
+    });
     let ad = Device::flex().autodiff();
     let student = Tensor::<2>::random([BATCH, 10], Distribution::Normal(0.0, 2.0), &ad);
     let teacher = Tensor::<2>::random([BATCH, 10], Distribution::Normal(0.0, 2.0), &ad);
