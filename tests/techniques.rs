@@ -808,6 +808,33 @@ fn language_model_bad_input_is_one_clear_error() {
         &format!("data.path={:?}", empty.to_string_lossy()),
     ]);
     assert!(err.contains("empty.txt"), "{err}");
+    // A loss that turns NaN (test-only fault hook) stops the run at that iteration, naming the
+    // checkpoint that stays.
+    let nan_out = tmp.path().join("nan");
+    let mut args = vec![
+        "run".to_string(),
+        recipe.to_string(),
+        "--out".to_string(),
+        nan_out.to_string_lossy().to_string(),
+    ];
+    for s in TINY_GPT {
+        args.push("--set".into());
+        args.push(s.to_string());
+    }
+    let out = Command::new(BIN)
+        .current_dir(root())
+        .args(&args)
+        .env("QUENCH_FAULT_NAN_AT_STEPS", "25")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("iteration 25") && err.contains("iter-00000020.qck"),
+        "{err}"
+    );
+    assert!(err.contains("every weight is finite"), "{err}");
+
     // Sampling from a classifier checkpoint.
     let teacher = "checkpoints/fashion_cnn_teacher.qck";
     let err = fails(&["sample", teacher]);

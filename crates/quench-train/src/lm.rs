@@ -545,19 +545,38 @@ pub fn run_lm(exp: &Experiment, opts: &RunOptions) -> Result<LmSummary, TrainErr
             .equal(y)
             .int()
             .sum();
+        let mut loss_value = loss.clone().into_scalar::<f32>() as f64;
+        if crate::run::fault_nan_at(it as u64 + 1) {
+            loss_value = f64::NAN;
+        }
+        if !loss_value.is_finite() {
+            // Checked before backward: the weights stay those of the last good iteration.
+            let weights = match crate::params::float_params(&model)
+                .into_iter()
+                .find(|p| p.values.iter().any(|v| !v.is_finite()))
+            {
+                Some(p) => format!("the weights of `{}` are the first to hold NaN/inf", p.path),
+                None => "every weight is finite, so this batch's forward pass or loss overflowed"
+                    .to_string(),
+            };
+            let kept = match &last_ckpt {
+                Some(p) => format!("the last good checkpoint {} is kept", p.display()),
+                None => "no checkpoint had been written yet".to_string(),
+            };
+            return Err(TrainError::Diverged {
+                step: it as u64 + 1,
+                detail: format!(
+                    "training loss is {loss_value} at iteration {}; {weights}; {kept}",
+                    it + 1
+                ),
+            });
+        }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(lr, model, grads);
-        let loss_value = loss.into_scalar::<f32>() as f64;
         let correct_value = correct.into_scalar::<i64>();
         let dt = step_start.elapsed().as_secs_f64();
         let done = it + 1;
         steps_here += 1;
-        if !loss_value.is_finite() {
-            return Err(TrainError::Diverged {
-                step: done as u64,
-                detail: format!("training loss is {loss_value} at iteration {done}"),
-            });
-        }
         if steps_here > WARMUP_STEPS {
             steady_time += dt;
             steady_tokens += tokens_per_step;

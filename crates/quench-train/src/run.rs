@@ -296,7 +296,7 @@ pub(crate) struct StepStats {
 
 /// Test-only fault injection: `QUENCH_FAULT_NAN_AT_STEPS=3,7` makes the loss of those (1-based)
 /// optimizer steps NaN, so the divergence handling can be tested end to end.
-fn fault_nan_at(step: u64) -> bool {
+pub(crate) fn fault_nan_at(step: u64) -> bool {
     static STEPS: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
     STEPS
         .get_or_init(|| {
