@@ -212,6 +212,8 @@ fn ternary_mlp_packs_2_bit_and_base3_and_runs_on_the_integer_kernel() {
             "{v}"
         );
         sizes.push(fs::metadata(&file).unwrap().len());
+        let err = fails(&["sample", &f]);
+        assert!(err.contains("export of a classifier"), "{err}");
     }
     // 784·64 + 64·10 weights: 2 bits → 12,704 bytes; base 3 → 10,164 bytes.
     assert!(sizes[1] + 2000 < sizes[0], "base-3 file smaller: {sizes:?}");

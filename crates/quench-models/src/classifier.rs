@@ -277,7 +277,7 @@ fn conv_padding(c: &QuantConv2d) -> Option<usize> {
     }
 }
 
-pub(crate) fn bias_values(b: &Option<burn::module::Param<Tensor<1>>>) -> Option<Vec<f32>> {
+fn bias_values(b: &Option<burn::module::Param<Tensor<1>>>) -> Option<Vec<f32>> {
     b.as_ref().and_then(|b| {
         b.val()
             .into_data()
@@ -329,24 +329,14 @@ impl Classifier {
 
     /// Every weight layer as exported (integer codes where quantized).
     pub fn export_layers(&self) -> Vec<ExportedLayer> {
-        self.each_layer(
-            |info, l| ExportedLayer {
-                info,
-                kind: l.ops.kind().clone(),
-                weight: l.ops.export_weight(l.inner.weight.val()),
-                bias: bias_values(&l.inner.bias),
-                input: l.ops.export_input(),
-                padding: None,
-            },
-            |info, c| ExportedLayer {
-                info,
-                kind: c.ops.kind().clone(),
-                weight: c.ops.export_weight(c.inner.weight.val()),
-                bias: bias_values(&c.inner.bias),
-                input: c.ops.export_input(),
-                padding: conv_padding(c),
-            },
-        )
+        self.each_layer(export_linear, |info, c| ExportedLayer {
+            info,
+            kind: c.ops.kind().clone(),
+            weight: c.ops.export_weight(c.inner.weight.val()),
+            bias: bias_values(&c.inner.bias),
+            input: c.ops.export_input(),
+            padding: conv_padding(c),
+        })
     }
 
     /// Logits `[batch, classes]` from flattened images `[batch, pixels]`.
@@ -384,6 +374,19 @@ impl Classifier {
                 )
             })
             .collect()
+    }
+}
+
+/// A [`QuantLinear`] as exported: its kind, integer codes (or f32 weights), bias and input
+/// quantization.
+pub(crate) fn export_linear(info: LayerInfo, l: &QuantLinear) -> ExportedLayer {
+    ExportedLayer {
+        info,
+        kind: l.ops.kind().clone(),
+        weight: l.ops.export_weight(l.inner.weight.val()),
+        bias: bias_values(&l.inner.bias),
+        input: l.ops.export_input(),
+        padding: None,
     }
 }
 

@@ -12,7 +12,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use quench_quant::layer::{LayerQuant, LayerReport, QuantLinear};
 
 use crate::ModelError;
-use crate::classifier::{ExportedLayer, bias_values};
+use crate::classifier::{ExportedLayer, export_linear};
 use crate::names::{LayerInfo, LayerKind, LayerPlan};
 
 /// Sizes of a char GPT.
@@ -256,14 +256,7 @@ impl CharGpt {
         self.layer_infos()
             .into_iter()
             .zip(self.linears())
-            .map(|(info, (_, l))| ExportedLayer {
-                info,
-                kind: l.ops.kind().clone(),
-                weight: l.ops.export_weight(l.inner.weight.val()),
-                bias: bias_values(&l.inner.bias),
-                input: l.ops.export_input(),
-                padding: None,
-            })
+            .map(|(info, (_, l))| export_linear(info, l))
             .collect()
     }
 

@@ -388,12 +388,6 @@ pub fn sample_checkpoint(
     let device = Device::flex();
     if !Checkpoint::has_magic(path)? {
         // Not a checkpoint: a `quench export` file, run from its integers.
-        if !crate::lm_export::is_lm_export(path)? {
-            return Err(TrainError::Config(format!(
-                "{} is an export of a classifier, not of a language model",
-                path.display()
-            )));
-        }
         let packed = crate::lm_export::PackedGpt::load(path)?;
         return packed.generate(prompt, opts, true);
     }
@@ -551,18 +545,12 @@ pub fn run_lm(exp: &Experiment, opts: &RunOptions) -> Result<LmSummary, TrainErr
         }
         if !loss_value.is_finite() {
             // Checked before backward: the weights stay those of the last good iteration.
-            let weights = match crate::params::float_params(&model)
-                .into_iter()
-                .find(|p| p.values.iter().any(|v| !v.is_finite()))
-            {
-                Some(p) => format!("the weights of `{}` are the first to hold NaN/inf", p.path),
+            let weights = match crate::run::first_nonfinite_param(&model) {
+                Some(p) => format!("the weights of `{p}` are the first to hold NaN/inf"),
                 None => "every weight is finite, so this batch's forward pass or loss overflowed"
                     .to_string(),
             };
-            let kept = match &last_ckpt {
-                Some(p) => format!("the last good checkpoint {} is kept", p.display()),
-                None => "no checkpoint had been written yet".to_string(),
-            };
+            let kept = crate::run::kept_checkpoint_note(last_ckpt.as_deref());
             return Err(TrainError::Diverged {
                 step: it as u64 + 1,
                 detail: format!(

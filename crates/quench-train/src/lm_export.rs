@@ -121,21 +121,6 @@ pub fn export_lm_checkpoint(
     })
 }
 
-/// True when `path` is a `quench export` file of a language model (safetensors whose recipe is a
-/// GPT); false for a classifier export; an error when it is not an export file at all.
-pub fn is_lm_export(path: &Path) -> Result<bool, TrainError> {
-    let bytes = std::fs::read(path).map_err(|source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| export_err(path, format!("not a safetensors file: {e}")))?;
-    Ok(header
-        .metadata()
-        .as_ref()
-        .is_some_and(|m| m.contains_key("quench.vocab")))
-}
-
 /// A pre-norm block read from an export file.
 #[derive(Debug)]
 struct PackedBlock {
@@ -175,6 +160,12 @@ impl PackedGpt {
                 .ok_or_else(|| export_err(path, format!("metadata has no {key}")))
         };
         let exp = Experiment::from_toml_str(get("quench.recipe")?, path, &[])?;
+        if !exp.model.is_language_model() {
+            return Err(TrainError::Config(format!(
+                "{} is an export of a classifier, not of a language model",
+                path.display()
+            )));
+        }
         let vocab: Vec<char> = get("quench.vocab")?.chars().collect();
         let config = exp.model.gpt(vocab.len()).ok_or_else(|| {
             export_err(

@@ -211,7 +211,6 @@ fn log_quant(logger: &mut Logger, model: &Classifier, step: u64) -> std::io::Res
     log_quant_reports(logger, model.quant_reports(), step)
 }
 
-/// [`log_quant`] for any model's per-layer reports.
 /// The run's logger with its TensorBoard sink in `tb_dir`.
 pub(crate) fn open_tb_logger(tb_dir: &Path) -> Result<Logger, TrainError> {
     let sink = TensorBoardSink::new(tb_dir).map_err(|source| TrainError::Io {
@@ -221,6 +220,7 @@ pub(crate) fn open_tb_logger(tb_dir: &Path) -> Result<Logger, TrainError> {
     Ok(Logger::new().with_sink(Box::new(sink)))
 }
 
+/// [`log_quant`] for any model's per-layer reports (classifiers and the GPT).
 pub(crate) fn log_quant_reports(
     logger: &mut Logger,
     reports: Vec<(
@@ -307,12 +307,20 @@ pub(crate) fn fault_nan_at(step: u64) -> bool {
         .contains(&step)
 }
 
-/// Where a model holds non-finite values: the first parameter (in layer order) with NaN/inf.
-pub(crate) fn first_nonfinite_param(model: &Classifier) -> Option<String> {
+/// Where a model holds non-finite values: the first parameter (in module order) with NaN/inf.
+pub(crate) fn first_nonfinite_param<M: Module>(model: &M) -> Option<String> {
     crate::params::float_params(model)
         .into_iter()
         .find(|p| p.values.iter().any(|v| !v.is_finite()))
         .map(|p| p.path)
+}
+
+/// The divergence report's words on what survives: the newest checkpoint, if any.
+pub(crate) fn kept_checkpoint_note(last: Option<&Path>) -> String {
+    match last {
+        Some(p) => format!("the last good checkpoint {} is kept", p.display()),
+        None => "no checkpoint had been written yet".to_string(),
+    }
 }
 
 /// One training step of a classifier, exactly as `quench run` (and `quench bench`) executes it:
@@ -722,10 +730,11 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
                         }
                     }
                 };
-                let kept = match checkpoint::list_checkpoints(&ckpt_dir)?.last() {
-                    Some((_, p)) => format!("the last good checkpoint {} is kept", p.display()),
-                    None => "no checkpoint had been written yet".to_string(),
-                };
+                let kept = kept_checkpoint_note(
+                    checkpoint::list_checkpoints(&ckpt_dir)?
+                        .last()
+                        .map(|(_, p)| p.as_path()),
+                );
                 match t.on_nonfinite {
                     NonFinite::Skip if consecutive_skips < MAX_CONSECUTIVE_SKIPS => {
                         consecutive_skips += 1;
