@@ -146,6 +146,10 @@ enum Command {
         /// Untimed warm-up steps before the timed ones.
         #[arg(long, default_value_t = 10)]
         warmup: usize,
+        /// Samples per step (128 for the comparison with PyTorch; small batches and many
+        /// steps make a memory soak: see rss_mb_after_warmup / rss_mb_end).
+        #[arg(long, default_value_t = quench::train::bench::BATCH_SIZE)]
+        batch_size: usize,
     },
     /// Validate a recipe without running it.
     Check {
@@ -310,6 +314,7 @@ fn real_main() -> Result<()> {
             workloads,
             steps,
             warmup,
+            batch_size,
         } => {
             use quench::train::bench::{BenchOptions, WORKLOADS, bench};
             let opts = BenchOptions {
@@ -318,6 +323,7 @@ fn real_main() -> Result<()> {
                     .unwrap_or_else(|| WORKLOADS.iter().map(|w| w.to_string()).collect()),
                 steps,
                 warmup,
+                batch_size,
             };
             bench(&opts, |r| {
                 println!("{}", serde_json::to_string(r).unwrap_or_default());

@@ -24,6 +24,8 @@ fn bench_prints_one_json_line_per_workload() {
             "5",
             "--warmup",
             "2",
+            "--batch-size",
+            "32",
         ])
         .output()
         .expect("spawn quench");
@@ -47,7 +49,14 @@ fn bench_prints_one_json_line_per_workload() {
         assert!(sps > 0.0 && sps.is_finite(), "{v}");
         assert_eq!(v["steps"], 5, "{v}");
         assert_eq!(v["device"], "flex", "{v}");
+        assert_eq!(v["batch_size"], 32, "{v}");
         assert!(v["peak_rss_mb"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
+        let (start, max, end) = (
+            v["rss_mb_after_warmup"].as_f64().unwrap_or(0.0),
+            v["rss_mb_max_timed"].as_f64().unwrap_or(0.0),
+            v["rss_mb_end"].as_f64().unwrap_or(0.0),
+        );
+        assert!(start > 0.0 && end > 0.0 && max >= end, "{v}");
     }
 }
 
@@ -71,4 +80,13 @@ fn unknown_workload_is_one_clear_error() {
     for w in quench::train::bench::WORKLOADS {
         assert!(lines[0].contains(w), "{err}");
     }
+
+    let out = Command::new(BIN)
+        .current_dir(root())
+        .args(["bench", "--workloads", "mlp-fp32", "--batch-size", "0"])
+        .output()
+        .expect("spawn quench");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--batch-size") && err.contains('0'), "{err}");
 }

@@ -46,6 +46,9 @@ pub struct BenchOptions {
     pub steps: usize,
     /// Untimed optimizer steps before the timed ones.
     pub warmup: usize,
+    /// Samples per step ([`BATCH_SIZE`] for the comparison with PyTorch; small batches make a
+    /// memory soak of many steps).
+    pub batch_size: usize,
 }
 
 /// One workload's measurement (printed as one JSON line).
@@ -74,6 +77,12 @@ pub struct BenchResult {
     /// Whether the peak RSS counter could be reset before this workload (otherwise it is the
     /// process's peak so far, which includes earlier workloads).
     pub peak_rss_reset: bool,
+    /// Resident memory (`VmRSS`, MiB) when the timed steps start, after the warm-up.
+    pub rss_mb_after_warmup: f64,
+    /// The largest of 20 `VmRSS` samples taken evenly over the timed steps, MiB.
+    pub rss_mb_max_timed: f64,
+    /// `VmRSS` after the last timed step, MiB.
+    pub rss_mb_end: f64,
 }
 
 /// The recipe head every workload shares: Fashion-MNIST, Adam lr 1e-3, batch 128, constant lr.
@@ -138,6 +147,12 @@ pub fn validate(opts: &BenchOptions) -> Result<(), TrainError> {
     if opts.steps == 0 {
         return Err(TrainError::Config("--steps must be at least 1".into()));
     }
+    if opts.batch_size == 0 || opts.batch_size > 60_000 {
+        return Err(TrainError::Config(format!(
+            "--batch-size must be in 1..=60000, got {}",
+            opts.batch_size
+        )));
+    }
     Ok(())
 }
 
@@ -184,6 +199,9 @@ fn bench_one(
     device.seed(exp.seed);
     let train_device = device.clone().autodiff();
     let mut model = build_model(exp, &train_device)?;
+    let mut exp = exp.clone();
+    exp.train.batch_size = opts.batch_size;
+    let exp = &exp;
     let t = &exp.train;
     let total = opts.warmup + opts.steps;
     let mut optim = build_optimizer(t);
@@ -211,9 +229,16 @@ fn bench_one(
     let mut epoch = 0;
     let mut order = epoch_order(data.train.len(), exp.seed, epoch);
     let mut start = Instant::now();
+    let mut rss_after_warmup = 0.0;
+    let mut rss_max: f64 = 0.0;
+    let sample_every = (opts.steps / 20).max(1);
     for step in 0..total {
         if step == opts.warmup {
+            rss_after_warmup = rss_mb().unwrap_or(0.0);
             start = Instant::now();
+        }
+        if step >= opts.warmup && (step - opts.warmup) % sample_every == 0 {
+            rss_max = rss_max.max(rss_mb().unwrap_or(0.0));
         }
         let b = step % per_epoch;
         if b == 0 && step > 0 {
@@ -242,6 +267,7 @@ fn bench_one(
         }
     }
     let seconds = start.elapsed().as_secs_f64();
+    let rss_end = rss_mb().unwrap_or(0.0);
     Ok(BenchResult {
         workload: name.to_string(),
         samples_per_s: (opts.steps * t.batch_size) as f64 / seconds.max(1e-9),
@@ -254,6 +280,9 @@ fn bench_one(
         seconds,
         model: exp.model.describe(28 * 28, 10),
         peak_rss_reset,
+        rss_mb_after_warmup: rss_after_warmup,
+        rss_mb_max_timed: rss_max.max(rss_end),
+        rss_mb_end: rss_end,
     })
 }
 
@@ -266,12 +295,18 @@ fn reset_peak_rss() -> bool {
 /// Peak resident set size of this process in MiB (`VmHWM` of `/proc/self/status`).
 pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_vm_hwm(&status)
+    parse_status_kb(&status, "VmHWM:")
 }
 
-/// The `VmHWM:   1234 kB` line of a `/proc/PID/status` text, in MiB.
-fn parse_vm_hwm(status: &str) -> Option<f64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+/// Current resident set size of this process in MiB (`VmRSS`).
+pub fn rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_status_kb(&status, "VmRSS:")
+}
+
+/// The `KEY   1234 kB` line of a `/proc/PID/status` text, in MiB.
+fn parse_status_kb(status: &str, key: &str) -> Option<f64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
@@ -299,6 +334,7 @@ mod tests {
             workloads: vec!["mlp-fp32".into(), "resnet".into()],
             steps: 1,
             warmup: 0,
+            batch_size: BATCH_SIZE,
         };
         let e = validate(&opts).unwrap_err().to_string();
         assert!(e.contains("`resnet`"), "{e}");
@@ -310,8 +346,10 @@ mod tests {
     #[test]
     fn vm_hwm_parses() {
         let s = "Name:\tquench\nVmPeak:\t  9000 kB\nVmHWM:\t    2048 kB\nVmRSS:\t 1024 kB\n";
-        assert_eq!(parse_vm_hwm(s), Some(2.0));
-        assert_eq!(parse_vm_hwm("VmRSS: 1 kB"), None);
+        assert_eq!(parse_status_kb(s, "VmHWM:"), Some(2.0));
+        assert_eq!(parse_status_kb(s, "VmRSS:"), Some(1.0));
+        assert_eq!(parse_status_kb("VmRSS: 1 kB", "VmHWM:"), None);
         assert!(peak_rss_mb().is_some_and(|m| m > 0.0));
+        assert!(rss_mb().is_some_and(|m| m > 0.0));
     }
 }
