@@ -305,6 +305,16 @@ impl Quantizer {
         }
     }
 
+    /// The trained parameters: the LSQ step sizes and the PACT clip `alpha` (each `None` when
+    /// this estimator has none, or the LSQ step is not initialized yet). Their `.grad(..)` is
+    /// what the optimizer sees.
+    pub fn trained_params(&self) -> (Option<Tensor<1>>, Option<Tensor<1>>) {
+        (
+            self.step.as_ref().map(|p| p.val()),
+            self.alpha.as_ref().map(|p| p.val()),
+        )
+    }
+
     /// Current scales and zero-points, flattened per channel / group (layout order); `None`
     /// while unknown (no observation, LSQ step not initialized, or dynamic per-token ranges).
     pub fn scale_zero_point(&self) -> Option<(Tensor<1>, Tensor<1>)> {

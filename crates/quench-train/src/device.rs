@@ -35,7 +35,7 @@ pub fn resolve_device(name: &str) -> Result<Device, TrainError> {
         "wgpu" => {
             #[cfg(feature = "wgpu")]
             {
-                Ok(Device::wgpu(Default::default()))
+                gpu::wgpu_device(name, burn::tensor::wgpu::WgpuBackend::Auto)
             }
             #[cfg(not(feature = "wgpu"))]
             Err(missing("wgpu"))
@@ -43,7 +43,7 @@ pub fn resolve_device(name: &str) -> Result<Device, TrainError> {
         "vulkan" => {
             #[cfg(feature = "vulkan")]
             {
-                Ok(Device::vulkan(Default::default()))
+                gpu::wgpu_device(name, burn::tensor::wgpu::WgpuBackend::Vulkan)
             }
             #[cfg(not(feature = "vulkan"))]
             Err(missing("vulkan"))
@@ -60,6 +60,73 @@ pub fn resolve_device(name: &str) -> Result<Device, TrainError> {
             name: other.to_string(),
             detail: format!("unknown device; known: {}", compiled_backends().join(", ")),
         }),
+    }
+}
+
+/// wgpu devices are initialized once per process, up front, so that a machine without a usable
+/// adapter gets an error here (naming the adapters wgpu can see) instead of a panic inside the
+/// first tensor operation.
+#[cfg(feature = "wgpu")]
+mod gpu {
+    use std::sync::OnceLock;
+
+    use burn::tensor::Device;
+    use burn::tensor::wgpu::{WgpuBackend, wgpu};
+
+    use crate::TrainError;
+
+    static AUTO: OnceLock<Result<Device, String>> = OnceLock::new();
+    static VULKAN: OnceLock<Result<Device, String>> = OnceLock::new();
+
+    pub(super) fn wgpu_device(name: &str, api: WgpuBackend) -> Result<Device, TrainError> {
+        let cell = if matches!(api, WgpuBackend::Vulkan) {
+            &VULKAN
+        } else {
+            &AUTO
+        };
+        cell.get_or_init(|| {
+            Device::wgpu_options()
+                .graphics_api(api)
+                .init()
+                .map_err(|e| format!("{e}; adapters found: {}", adapters()))
+        })
+        .clone()
+        .map_err(|detail| TrainError::Device {
+            name: name.to_string(),
+            detail,
+        })
+    }
+
+    /// The adapters wgpu can see, for the error message ("none" when there is none).
+    pub(super) fn adapters() -> String {
+        let instance = wgpu::Instance::default();
+        let found = block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        if found.is_empty() {
+            return "none (for Vulkan on a machine without a GPU, install Mesa's lavapipe: \
+                    `apt-get install mesa-vulkan-drivers`)"
+                .into();
+        }
+        found
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Drives a future to completion on this thread. Native wgpu's adapter enumeration is
+    /// ready on the first poll, so this tiny loop replaces an executor dependency (pollster).
+    fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+        let mut fut = std::pin::pin!(fut);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::yield_now();
+        }
     }
 }
 
