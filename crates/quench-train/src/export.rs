@@ -616,7 +616,37 @@ impl PackedModel {
         device: &Device,
     ) -> Result<PackedLayer, TrainError> {
         let name = meta.name.clone();
-        let n: usize = meta.shape.iter().product();
+        // The weight tensor built below has the op's rank; a shape that disagrees (or whose
+        // element count overflows) is a corrupt file, not a panic.
+        let rank = match meta.op.as_str() {
+            "linear" => 2,
+            "conv2d" => 4,
+            op => {
+                return Err(export_err(
+                    path,
+                    format!("{name}: unknown op `{op}` (linear or conv2d)"),
+                ));
+            }
+        };
+        if meta.shape.len() != rank {
+            return Err(export_err(
+                path,
+                format!(
+                    "{name}: {} weight of shape {:?}, needs {rank} dimensions",
+                    meta.op, meta.shape
+                ),
+            ));
+        }
+        let n = meta
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| {
+                export_err(
+                    path,
+                    format!("{name}: shape {:?} has too many elements", meta.shape),
+                )
+            })?;
         let channel_axis = if meta.op == "linear" { 1 } else { 0 };
         let mut ternary = None;
         let values: Vec<f32> = if meta.packing == "float" {
@@ -689,7 +719,11 @@ impl PackedModel {
                         t[o * din + i] = codes[i * dout + o] as i8;
                     }
                 }
-                ternary = TernaryMatrix::from_codes(&t, dout, din, scales[0]).ok();
+                let gamma = scales
+                    .first()
+                    .copied()
+                    .ok_or_else(|| export_err(path, format!("{name}.weight.scale: no scale")))?;
+                ternary = TernaryMatrix::from_codes(&t, dout, din, gamma).ok();
             }
             match &meta.kind {
                 LayerQuant::Qat {
@@ -1083,4 +1117,25 @@ pub fn verify_export(ckpt_path: &Path, file: &Path) -> Result<VerifyReport, Trai
     r.accuracy_checkpoint = ok_a as f64 / test.len().max(1) as f64;
     r.accuracy_packed = ok_b as f64 / test.len().max(1) as f64;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inputs the `packed` fuzz target (`fuzz/`) found to panic; each must now be an error that
+    /// names the file and the problem.
+    #[test]
+    fn fuzz_found_exports_are_errors_not_panics() {
+        let path = Path::new("crash.safetensors");
+        // A GPT export whose `h0.mlp.fc` op reads `lrnear`: the layer was built as a 4-d conv
+        // weight from a 2-d shape (burn panicked in `Tensor::from_data`).
+        let bytes = include_bytes!("../tests/data/fuzz/packed-unknown-op.safetensors");
+        let err = PackedModel::from_bytes(bytes, path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("crash.safetensors"), "{err}");
+        assert!(err.contains("h0.mlp.fc: unknown op `lrnear`"), "{err}");
+        assert!(crate::lm_export::PackedGpt::from_bytes(bytes, path).is_err());
+    }
 }
