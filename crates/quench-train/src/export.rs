@@ -828,8 +828,18 @@ impl PackedModel {
             "absmax8" => {
                 let norm = match meta.norm_eps {
                     Some(eps) => {
+                        // burn's RmsNorm asserts ε > 0; a file saying otherwise is corrupt.
+                        if !(eps > 0.0 && eps.is_finite()) {
+                            return Err(export_err(
+                                path,
+                                format!("{name}: norm_eps = {eps}, must be a positive number"),
+                            ));
+                        }
                         let g = read_f32(st, &format!("{name}.input.norm"), path)?;
                         let len = g.len();
+                        if len == 0 {
+                            return Err(export_err(path, format!("{name}.input.norm: no values")));
+                        }
                         let mut n = RmsNormConfig::new(len).with_epsilon(eps).init(device);
                         n.gamma = Param::from_tensor(Tensor::from_data(
                             TensorData::new(g, [len]),
@@ -1137,5 +1147,19 @@ mod tests {
         assert!(err.contains("crash.safetensors"), "{err}");
         assert!(err.contains("h0.mlp.fc: unknown op `lrnear`"), "{err}");
         assert!(crate::lm_export::PackedGpt::from_bytes(bytes, path).is_err());
+
+        // A GPT export whose `h0.attn.proj` says `norm_eps: 0.0`: burn's RmsNorm panicked.
+        let bytes = include_bytes!("../tests/data/fuzz/packed-zero-norm-eps.safetensors");
+        for err in [
+            PackedModel::from_bytes(bytes, path)
+                .unwrap_err()
+                .to_string(),
+            crate::lm_export::PackedGpt::from_bytes(bytes, path)
+                .unwrap_err()
+                .to_string(),
+        ] {
+            assert!(err.contains("crash.safetensors"), "{err}");
+            assert!(err.contains("h0.attn.proj: norm_eps = 0"), "{err}");
+        }
     }
 }
