@@ -13,6 +13,10 @@ use quench::train::Checkpoint;
 use quench::train::tb_reader::{histograms, read_event_dir, scalars};
 use serde_json::Value;
 
+#[path = "support/kills.rs"]
+mod kills;
+use kills::{KillAt, Lcg, kill_at, report};
+
 const BIN: &str = env!("CARGO_BIN_EXE_quench");
 
 fn root() -> PathBuf {
@@ -411,36 +415,41 @@ fn nonfinite_loss_stops_with_the_step_or_skips_the_batch_and_lowers_the_lr() {
 
 #[test]
 fn repeated_sigkills_at_arbitrary_points_resume_to_the_uninterrupted_result() {
-    // Kill the run at pseudo-random moments (while loading data, training, evaluating or inside
-    // a slowed checkpoint write), resume, kill again…, then let it finish: the result must be
-    // the uninterrupted run's, bit for bit. The delays come from a fixed LCG so a failure
-    // reproduces.
+    // Kill the run at pseudo-random moments and at random offsets into chosen phases (loading
+    // data, training, evaluating, inside a slowed checkpoint write), resume, kill again…, then
+    // let it finish: the result must be the uninterrupted run's, bit for bit. The binary records
+    // its phase (QUENCH_TEST_PHASE_FILE), so the test knows where each kill landed. Delays come
+    // from a fixed LCG so a failure reproduces.
     let tmp = tempfile::tempdir().unwrap();
     let full = tmp.path().join("full");
     let cut = tmp.path().join("cut");
+    let phase_file = tmp.path().join("phase");
     let extra = ["train.epochs=3", "log.every_steps=100", "checkpoint.keep=2"];
     ok(run_cmd(&full, &extra));
-    let mut state: u64 = 0x5eed;
+    let mut rng = Lcg(0x5eed);
+    let plan = [
+        KillAt::Delay(300 + rng.below(2500)),
+        KillAt::InPhase("checkpoint", 1, rng.below(400)),
+        // Into the second epoch: the first checkpoint is complete, so the run makes progress.
+        KillAt::InPhase("train", 2, rng.below(300)),
+        KillAt::InPhase("load-data", 1, 0),
+        KillAt::InPhase("prepare", 1, 0),
+        KillAt::InPhase("eval", 1, rng.below(20)),
+        KillAt::Delay(300 + rng.below(2500)),
+        KillAt::InPhase("checkpoint", 1, rng.below(400)),
+    ];
+    let mut per_phase: BTreeMap<String, usize> = BTreeMap::new();
     let mut kills = 0;
-    for attempt in 0..8 {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        let delay = 300 + (state >> 33) % 2500;
+    for (attempt, at) in plan.into_iter().enumerate() {
         let mut cmd = run_cmd(&cut, &extra);
         if attempt > 0 {
             cmd.arg("--resume");
         }
-        cmd.env("QUENCH_TEST_SLOW_WRITE_MS", "40")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
-        if child.try_wait().unwrap().is_some() {
+        cmd.env("QUENCH_TEST_SLOW_WRITE_MS", "40");
+        let Some(phase) = kill_at(cmd, &phase_file, at) else {
             break; // it finished before this kill point
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        };
+        *per_phase.entry(phase).or_default() += 1;
         kills += 1;
         // Never a half-written checkpoint under a final name.
         for (_, p) in quench::train::checkpoint::list_checkpoints(&cut.join("checkpoints"))
@@ -449,12 +458,22 @@ fn repeated_sigkills_at_arbitrary_points_resume_to_the_uninterrupted_result() {
             Checkpoint::read(&p).unwrap_or_else(|e| panic!("kill {kills}: {e}"));
         }
     }
+    report("classifier", &per_phase);
     assert!(kills >= 3, "only {kills} kill points landed");
-    eprintln!("{kills} SIGKILLs landed before the run finished");
+    for phase in ["train", "checkpoint"] {
+        assert!(
+            per_phase.contains_key(phase),
+            "no kill landed in {phase}: {per_phase:?}"
+        );
+    }
     let mut last = run_cmd(&cut, &extra);
     last.arg("--resume");
     ok(last);
     let (a, b) = (summary(&full), summary(&cut));
+    assert!(
+        b["resumed_from_epoch"].is_u64(),
+        "never resumed from a checkpoint: {b}"
+    );
     assert_eq!(a["test_loss"], b["test_loss"], "after {kills} kills");
     assert_eq!(a["test_accuracy"], b["test_accuracy"]);
     let (wa, wb) = (weights(&a), weights(&b));
@@ -462,4 +481,116 @@ fn repeated_sigkills_at_arbitrary_points_resume_to_the_uninterrupted_result() {
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert!(bits(&x.values) == bits(&y.values), "{} differs", x.path);
     }
+}
+
+/// An output directory that cannot be created or written fails the run before training, and
+/// the error names the path.
+#[test]
+fn unwritable_output_directory_fails_before_training_naming_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Works as root too: a directory cannot be created under a regular file.
+    let file = tmp.path().join("a-file");
+    fs::write(&file, "not a directory").unwrap();
+    let out = file.join("run");
+    let o = output(run_cmd(&out, &["train.epochs=1"]));
+    assert_eq!(o.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let err = stderr.lines().last().unwrap_or_default();
+    assert!(err.starts_with("error: "), "{stderr}");
+    assert!(err.contains(&*out.to_string_lossy()), "{err}");
+    assert!(err.contains("Not a directory"), "{err}");
+    assert!(!stdout.contains("epoch"), "trained anyway: {stdout}");
+
+    // A read-only directory: only meaningful where permissions bind (not as root).
+    use std::os::unix::fs::PermissionsExt;
+    let ro = tmp.path().join("ro");
+    fs::create_dir(&ro).unwrap();
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
+    if fs::write(ro.join("probe"), "x").is_ok() {
+        eprintln!("skipping the read-only sub-case: this user can write into a 0555 directory");
+        return;
+    }
+    let o = output(run_cmd(&ro, &["train.epochs=1"]));
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let err = stderr.lines().last().unwrap_or_default();
+    assert!(err.contains(&*ro.to_string_lossy()), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("epoch"));
+}
+
+/// The disk fills up while the epoch-3 checkpoint is written (test hook): the run fails naming
+/// the checkpoint and the OS error, leaves no temporary and no partial file, earlier
+/// checkpoints stay intact, and `--resume` ends exactly where an uninterrupted run does.
+#[test]
+fn disk_full_during_a_checkpoint_write_fails_cleanly_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let full = tmp.path().join("full");
+    let cut = tmp.path().join("cut");
+    let extra = ["train.epochs=3", "log.every_steps=200", "checkpoint.keep=5"];
+    ok(run_cmd(&full, &extra));
+    let size = |p: PathBuf| fs::metadata(p).unwrap().len();
+    let ck = full.join("checkpoints");
+    // Bytes written through the atomic writer before the failure: run.toml, epochs 1 and 2,
+    // then half of epoch 3.
+    let budget = size(full.join("run.toml"))
+        + size(ck.join("epoch-00001.qck"))
+        + size(ck.join("epoch-00002.qck"))
+        + size(ck.join("epoch-00003.qck")) / 2;
+
+    let mut cmd = run_cmd(&cut, &extra);
+    cmd.env("QUENCH_TEST_FAIL_WRITE_AFTER_BYTES", budget.to_string());
+    let err = fails(cmd);
+    let third = cut.join("checkpoints/epoch-00003.qck");
+    assert!(err.contains(&*third.to_string_lossy()), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    let names: Vec<String> = fs::read_dir(cut.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains(".tmp")), "{names:?}");
+    assert!(!third.exists());
+    assert!(!cut.join("summary.json").exists());
+    let kept = quench::train::checkpoint::list_checkpoints(&cut.join("checkpoints")).unwrap();
+    assert_eq!(kept.iter().map(|(e, _)| *e).collect::<Vec<_>>(), [1, 2]);
+    for (_, p) in &kept {
+        Checkpoint::read(p).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    let mut resume = run_cmd(&cut, &extra);
+    resume.arg("--resume");
+    ok(resume);
+    let (a, b) = (summary(&full), summary(&cut));
+    assert_eq!(b["resumed_from_epoch"], 2);
+    assert_eq!(a["test_loss"], b["test_loss"]);
+    assert_eq!(a["test_accuracy"], b["test_accuracy"]);
+    let (wa, wb) = (weights(&a), weights(&b));
+    assert_eq!(wa.len(), wb.len());
+    for (x, y) in wa.iter().zip(&wb) {
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&x.values) == bits(&y.values), "{} differs", x.path);
+    }
+}
+
+/// A run killed while it wrote `run.toml` into a new output directory leaves only the hidden
+/// temporary; the next run must take that directory, not refuse it as foreign.
+#[test]
+fn run_toml_temporary_of_a_killed_run_does_not_block_the_next_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    fs::create_dir(&out).unwrap();
+    fs::write(out.join(".run.toml.tmp-4242"), "name = \"quick").unwrap();
+    let mut cmd = run_cmd(&out, &["train.epochs=1", "log.every_steps=1000"]);
+    cmd.arg("--resume");
+    ok(cmd);
+    assert!(!out.join(".run.toml.tmp-4242").exists());
+    assert_eq!(summary(&out)["epochs_completed"], 1);
+    // Anything else still makes the directory foreign.
+    let other = tmp.path().join("other");
+    fs::create_dir(&other).unwrap();
+    fs::write(other.join("notes.txt"), "mine").unwrap();
+    let err = fails(run_cmd(&other, &["train.epochs=1"]));
+    assert!(err.contains("not a quench run directory"), "{err}");
 }

@@ -11,6 +11,10 @@ use quench::train::Checkpoint;
 use quench::train::tb_reader::{read_event_dir, scalars};
 use serde_json::Value;
 
+#[path = "support/kills.rs"]
+mod kills;
+use kills::{KillAt, Lcg, kill_at, report};
+
 const BIN: &str = env!("CARGO_BIN_EXE_quench");
 
 fn root() -> PathBuf {
@@ -954,4 +958,79 @@ fn pytorch_state_dict_teacher_equals_the_quench_teacher_it_was_written_from() {
         &map_set,
     ]);
     assert!(err.contains("`conv1.weight`"), "{err}");
+}
+
+/// The char GPT killed (SIGKILL) at random offsets into each phase — loading the corpus,
+/// training, evaluating, inside a slowed checkpoint write — and resumed each time ends with the
+/// uninterrupted run's validation loss and weights, bit for bit.
+#[test]
+fn repeated_sigkills_of_the_char_gpt_resume_to_the_uninterrupted_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let full = tmp.path().join("full");
+    let cut = tmp.path().join("cut");
+    let phase_file = tmp.path().join("phase");
+    let recipe = "shakespeare_char_ternary.toml";
+    // A checkpoint every 10 iterations: more resume points for the kills to hit.
+    let mut sets = TINY_GPT.to_vec();
+    sets.push("train.eval_interval=10");
+    let a = run(recipe, &full, &sets);
+
+    let mut rng = Lcg(0x9e37);
+    let plan = [
+        KillAt::InPhase("train", 1, rng.below(30)),
+        // After the first checkpoint (iteration 10) is complete: progress.
+        KillAt::InPhase("train", 2, rng.below(30)),
+        KillAt::InPhase("checkpoint", 1, rng.below(400)),
+        KillAt::InPhase("load-data", 1, 0),
+        KillAt::InPhase("eval", 1, rng.below(5)),
+        KillAt::InPhase("train", 3, rng.below(30)),
+        KillAt::Delay(200 + rng.below(1500)),
+        KillAt::InPhase("checkpoint", 1, rng.below(400)),
+    ];
+    let mut per_phase = std::collections::BTreeMap::new();
+    for (attempt, at) in plan.into_iter().enumerate() {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(root())
+            .args(["run", &format!("experiments/{recipe}"), "--out"])
+            .arg(&cut)
+            .args(["--progress", "quiet"])
+            .env("QUENCH_TEST_SLOW_WRITE_MS", "40");
+        for s in &sets {
+            cmd.args(["--set", s]);
+        }
+        if attempt > 0 {
+            cmd.arg("--resume");
+        }
+        let Some(phase) = kill_at(cmd, &phase_file, at) else {
+            break; // finished before this kill point
+        };
+        *per_phase.entry(phase).or_insert(0usize) += 1;
+        for (_, p) in quench::train::checkpoint::list_checkpoints(&cut.join("checkpoints"))
+            .unwrap_or_default()
+        {
+            Checkpoint::read(&p).unwrap_or_else(|e| panic!("after {per_phase:?}: {e}"));
+        }
+    }
+    report("char GPT", &per_phase);
+    for phase in ["train", "checkpoint"] {
+        assert!(
+            per_phase.contains_key(phase),
+            "no kill landed in {phase}: {per_phase:?}"
+        );
+    }
+    let b = resume(recipe, &cut, &sets);
+    assert_eq!(b["iterations"], 40);
+    assert!(b["resumed_from_iteration"].is_u64(), "{b}");
+    assert_eq!(a["val_loss"], b["val_loss"]);
+    assert_eq!(a["val_loss_estimate"], b["val_loss_estimate"]);
+    assert_eq!(a["sample"], b["sample"]);
+    let (wa, wb) = (
+        gpt_weights(a["checkpoint"].as_str().unwrap()),
+        gpt_weights(b["checkpoint"].as_str().unwrap()),
+    );
+    assert_eq!(wa.len(), wb.len());
+    for (x, y) in wa.iter().zip(&wb) {
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&x.values) == bits(&y.values), "{} differs", x.path);
+    }
 }

@@ -9,6 +9,7 @@
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -296,7 +297,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = File::create(&tmp)?;
-        slow_write_hook(&mut f, bytes)?;
+        write_with_test_hooks(&mut f, bytes)?;
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, path)?;
@@ -314,24 +315,65 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     result.map_err(io)
 }
 
-/// Writes `bytes`; when the test-only variable `QUENCH_TEST_SLOW_WRITE_MS` is set, writes in
-/// small chunks with that many milliseconds between them so a kill test can land inside the
-/// write of a checkpoint.
-fn slow_write_hook(f: &mut File, bytes: &[u8]) -> std::io::Result<()> {
-    let delay = std::env::var("QUENCH_TEST_SLOW_WRITE_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok());
-    match delay {
+/// Bytes this process has written through [`write_atomic`], for the disk-full test hook.
+static BYTES_WRITTEN: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes`, with two test-only hooks:
+///
+/// - `QUENCH_TEST_SLOW_WRITE_MS=MS` writes in small chunks with that many milliseconds between
+///   them, so a kill test can land inside the write of a checkpoint;
+/// - `QUENCH_TEST_FAIL_WRITE_AFTER_BYTES=N` makes the write fail like a full disk (`StorageFull`,
+///   "No space left on device") once this process has written `N` bytes through
+///   [`write_atomic`] in all, after writing the bytes that still fit — a partial file, as a real
+///   full disk leaves.
+fn write_with_test_hooks(f: &mut File, bytes: &[u8]) -> std::io::Result<()> {
+    let env_u64 = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let mut bytes = bytes;
+    let mut full = false;
+    if let Some(limit) = env_u64("QUENCH_TEST_FAIL_WRITE_AFTER_BYTES") {
+        let before = BYTES_WRITTEN.fetch_add(bytes.len() as u64, Ordering::SeqCst);
+        let room = usize::try_from(limit.saturating_sub(before)).unwrap_or(usize::MAX);
+        if room < bytes.len() {
+            bytes = &bytes[..room];
+            full = true;
+        }
+    }
+    match env_u64("QUENCH_TEST_SLOW_WRITE_MS") {
         Some(ms) if ms > 0 => {
             for chunk in bytes.chunks(bytes.len().div_ceil(16).max(1)) {
                 f.write_all(chunk)?;
                 f.flush()?;
                 std::thread::sleep(std::time::Duration::from_millis(ms));
             }
-            Ok(())
         }
-        _ => f.write_all(bytes),
+        _ => f.write_all(bytes)?,
     }
+    if full {
+        f.flush()?;
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            "No space left on device (simulated by QUENCH_TEST_FAIL_WRITE_AFTER_BYTES)",
+        ));
+    }
+    Ok(())
+}
+
+/// Proves `dir` can take new files by creating, writing and removing a probe file in it, so a
+/// run fails before training rather than at its first checkpoint; the error names `dir`.
+pub fn probe_writable(dir: &Path) -> Result<(), CheckpointError> {
+    let probe = dir.join(format!(".quench-write-probe.{}", std::process::id()));
+    let result = File::create(&probe).and_then(|mut f| {
+        f.write_all(b"probe")?;
+        f.sync_all()
+    });
+    let removed = fs::remove_file(&probe);
+    result.and(removed).map_err(|source| CheckpointError::Io {
+        path: dir.to_path_buf(),
+        source: std::io::Error::new(
+            source.kind(),
+            format!("directory is not writable: {source}"),
+        ),
+    })
 }
 
 /// The file name of the checkpoint after `epoch` completed epochs.
@@ -567,5 +609,32 @@ mod tests {
             sample().write(&path),
             Err(CheckpointError::Io { .. })
         ));
+    }
+
+    #[test]
+    fn probe_names_a_directory_that_cannot_take_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        probe_writable(tmp.path()).unwrap();
+        assert_eq!(
+            fs::read_dir(tmp.path()).unwrap().count(),
+            0,
+            "probe left behind"
+        );
+        // Works as root too: nothing can be created "inside" a regular file.
+        let file = tmp.path().join("plain");
+        fs::write(&file, b"x").unwrap();
+        let err = probe_writable(&file).unwrap_err().to_string();
+        assert!(err.contains(&*file.to_string_lossy()), "{err}");
+        assert!(err.contains("not writable"), "{err}");
+    }
+
+    #[test]
+    fn failed_atomic_write_leaves_neither_temporary_nor_target() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("gone").join("epoch-00001.qck");
+        let err = write_atomic(&target, b"data").unwrap_err().to_string();
+        assert!(err.contains(&*target.to_string_lossy()), "{err}");
+        assert!(!target.exists());
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
     }
 }

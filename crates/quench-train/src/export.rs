@@ -568,7 +568,13 @@ impl PackedModel {
             path: path.to_path_buf(),
             source,
         })?;
-        let (st, info) = open_export(&bytes, path)?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses export bytes held in memory (`path` only names the source in errors); what
+    /// [`Self::load`] does after reading the file, exposed so fuzz targets need no disk.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, TrainError> {
+        let (st, info) = open_export(bytes, path)?;
         let recipe = info
             .get("quench.recipe")
             .ok_or_else(|| export_err(path, "metadata has no quench.recipe"))?;
@@ -610,7 +616,37 @@ impl PackedModel {
         device: &Device,
     ) -> Result<PackedLayer, TrainError> {
         let name = meta.name.clone();
-        let n: usize = meta.shape.iter().product();
+        // The weight tensor built below has the op's rank; a shape that disagrees (or whose
+        // element count overflows) is a corrupt file, not a panic.
+        let rank = match meta.op.as_str() {
+            "linear" => 2,
+            "conv2d" => 4,
+            op => {
+                return Err(export_err(
+                    path,
+                    format!("{name}: unknown op `{op}` (linear or conv2d)"),
+                ));
+            }
+        };
+        if meta.shape.len() != rank {
+            return Err(export_err(
+                path,
+                format!(
+                    "{name}: {} weight of shape {:?}, needs {rank} dimensions",
+                    meta.op, meta.shape
+                ),
+            ));
+        }
+        let n = meta
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| {
+                export_err(
+                    path,
+                    format!("{name}: shape {:?} has too many elements", meta.shape),
+                )
+            })?;
         let channel_axis = if meta.op == "linear" { 1 } else { 0 };
         let mut ternary = None;
         let values: Vec<f32> = if meta.packing == "float" {
@@ -683,7 +719,11 @@ impl PackedModel {
                         t[o * din + i] = codes[i * dout + o] as i8;
                     }
                 }
-                ternary = TernaryMatrix::from_codes(&t, dout, din, scales[0]).ok();
+                let gamma = scales
+                    .first()
+                    .copied()
+                    .ok_or_else(|| export_err(path, format!("{name}.weight.scale: no scale")))?;
+                ternary = TernaryMatrix::from_codes(&t, dout, din, gamma).ok();
             }
             match &meta.kind {
                 LayerQuant::Qat {
@@ -788,8 +828,18 @@ impl PackedModel {
             "absmax8" => {
                 let norm = match meta.norm_eps {
                     Some(eps) => {
+                        // burn's RmsNorm asserts ε > 0; a file saying otherwise is corrupt.
+                        if !(eps > 0.0 && eps.is_finite()) {
+                            return Err(export_err(
+                                path,
+                                format!("{name}: norm_eps = {eps}, must be a positive number"),
+                            ));
+                        }
                         let g = read_f32(st, &format!("{name}.input.norm"), path)?;
                         let len = g.len();
+                        if len == 0 {
+                            return Err(export_err(path, format!("{name}.input.norm: no values")));
+                        }
                         let mut n = RmsNormConfig::new(len).with_epsilon(eps).init(device);
                         n.gamma = Param::from_tensor(Tensor::from_data(
                             TensorData::new(g, [len]),
@@ -1077,4 +1127,39 @@ pub fn verify_export(ckpt_path: &Path, file: &Path) -> Result<VerifyReport, Trai
     r.accuracy_checkpoint = ok_a as f64 / test.len().max(1) as f64;
     r.accuracy_packed = ok_b as f64 / test.len().max(1) as f64;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inputs the `packed` fuzz target (`fuzz/`) found to panic; each must now be an error that
+    /// names the file and the problem.
+    #[test]
+    fn fuzz_found_exports_are_errors_not_panics() {
+        let path = Path::new("crash.safetensors");
+        // A GPT export whose `h0.mlp.fc` op reads `lrnear`: the layer was built as a 4-d conv
+        // weight from a 2-d shape (burn panicked in `Tensor::from_data`).
+        let bytes = include_bytes!("../tests/data/fuzz/packed-unknown-op.safetensors");
+        let err = PackedModel::from_bytes(bytes, path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("crash.safetensors"), "{err}");
+        assert!(err.contains("h0.mlp.fc: unknown op `lrnear`"), "{err}");
+        assert!(crate::lm_export::PackedGpt::from_bytes(bytes, path).is_err());
+
+        // A GPT export whose `h0.attn.proj` says `norm_eps: 0.0`: burn's RmsNorm panicked.
+        let bytes = include_bytes!("../tests/data/fuzz/packed-zero-norm-eps.safetensors");
+        for err in [
+            PackedModel::from_bytes(bytes, path)
+                .unwrap_err()
+                .to_string(),
+            crate::lm_export::PackedGpt::from_bytes(bytes, path)
+                .unwrap_err()
+                .to_string(),
+        ] {
+            assert!(err.contains("crash.safetensors"), "{err}");
+            assert!(err.contains("h0.attn.proj: norm_eps = 0"), "{err}");
+        }
+    }
 }

@@ -12,6 +12,7 @@ pub mod lm_export;
 pub mod logger;
 pub mod optim;
 pub mod params;
+pub mod phase;
 pub mod progress;
 pub mod pytorch_teacher;
 pub mod recipe;

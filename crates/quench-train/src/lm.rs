@@ -135,6 +135,16 @@ pub struct LmCheckpoint {
 /// Reads a language-model checkpoint.
 pub fn load_lm_checkpoint(path: &Path, device: &Device) -> Result<LmCheckpoint, TrainError> {
     let ckpt = Checkpoint::read(path)?;
+    lm_checkpoint_from(&ckpt, path, device)
+}
+
+/// Decodes a language-model checkpoint already read and verified (`path` names it in errors):
+/// the recipe, vocabulary and model that [`load_lm_checkpoint`] returns.
+pub fn lm_checkpoint_from(
+    ckpt: &Checkpoint,
+    path: &Path,
+    device: &Device,
+) -> Result<LmCheckpoint, TrainError> {
     let exp = Experiment::from_toml_str(&ckpt.meta.experiment_toml, path, &[])?;
     if !exp.model.is_language_model() {
         return Err(TrainError::Config(format!(
@@ -144,7 +154,7 @@ pub fn load_lm_checkpoint(path: &Path, device: &Device) -> Result<LmCheckpoint, 
             exp.model.describe(28 * 28, 10)
         )));
     }
-    let vocab_text = std::str::from_utf8(section(&ckpt, "vocab", path)?).map_err(|e| {
+    let vocab_text = std::str::from_utf8(section(ckpt, "vocab", path)?).map_err(|e| {
         TrainError::Checkpoint(checkpoint::CheckpointError::Corrupt {
             path: path.to_path_buf(),
             detail: format!("vocab section is not UTF-8: {e}"),
@@ -154,7 +164,7 @@ pub fn load_lm_checkpoint(path: &Path, device: &Device) -> Result<LmCheckpoint, 
     let model = model_from_bytes(
         &exp,
         vocab.len(),
-        section(&ckpt, "model", path)?,
+        section(ckpt, "model", path)?,
         path,
         device,
     )?;
@@ -403,6 +413,7 @@ pub fn run_lm(exp: &Experiment, opts: &RunOptions) -> Result<LmSummary, TrainErr
     let tb_dir = out.join("tb");
     let device = resolve_device(&exp.device)?;
     // Load the corpus before touching the output directory.
+    crate::phase::enter("load-data");
     let (corpus_path, corpus) = load_corpus(exp)?;
     let (train_ids, val_ids) = corpus.split(exp.data.val_fraction);
     let config = gpt_config(exp, corpus.vocab_size())?;
@@ -416,6 +427,7 @@ pub fn run_lm(exp: &Experiment, opts: &RunOptions) -> Result<LmSummary, TrainErr
             )));
         }
     }
+    crate::phase::enter("prepare");
     prepare_out_dir(exp, out, opts.resume)?;
     checkpoint::remove_stale_temporaries(&ckpt_dir)?;
 
@@ -515,6 +527,7 @@ pub fn run_lm(exp: &Experiment, opts: &RunOptions) -> Result<LmSummary, TrainErr
         .last()
         .map(|(_, p)| p.clone());
     progress.start_iterations(t.iterations as u64);
+    crate::phase::enter("train");
     for it in start..t.iterations {
         let step_start = Instant::now();
         let lr = scheduler.step();
@@ -593,6 +606,7 @@ pub fn run_lm(exp: &Experiment, opts: &RunOptions) -> Result<LmSummary, TrainErr
             (window_loss, window_correct, window_steps, window_time) = (0.0, 0, 0, 0.0);
         }
         if done.is_multiple_of(t.eval_interval) || is_last {
+            crate::phase::enter("eval");
             let valid = model.valid();
             let mut erng = batch_rng(exp.seed, it, 1);
             let (val_loss, val_acc) = estimate(
@@ -652,14 +666,17 @@ pub fn run_lm(exp: &Experiment, opts: &RunOptions) -> Result<LmSummary, TrainErr
                 ],
             };
             let path = ckpt_dir.join(checkpoint::iter_file_name(done));
+            crate::phase::enter("checkpoint");
             ckpt.write(&path)?;
             checkpoint::prune_old(&ckpt_dir, exp.checkpoint.keep)?;
             last_ckpt = Some(path);
             logger.flush().map_err(log_io)?;
+            crate::phase::enter("train");
         }
     }
     progress.end_epoch("training done");
 
+    crate::phase::enter("finish");
     let final_model = model.valid();
     let (val_loss, val_acc) = full_loss(&final_model, &val_ids, config.context, &device)?;
     let sample = generate(

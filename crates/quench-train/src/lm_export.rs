@@ -154,7 +154,13 @@ impl PackedGpt {
             path: path.to_path_buf(),
             source,
         })?;
-        let (st, info) = open_export(&bytes, path)?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses export bytes held in memory (`path` only names the source in errors); what
+    /// [`Self::load`] does after reading the file, exposed so fuzz targets need no disk.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, TrainError> {
+        let (st, info) = open_export(bytes, path)?;
         let get = |key: &str| {
             info.get(key)
                 .ok_or_else(|| export_err(path, format!("metadata has no {key}")))

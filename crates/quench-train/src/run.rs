@@ -471,7 +471,8 @@ pub fn model_from_checkpoint(
 }
 
 /// Prepares `out`: refuses a directory that holds a different experiment, or a finished run of
-/// this one without `--resume`; creates `checkpoints/` and `tb/`; records the recipe.
+/// this one without `--resume`; records the recipe; creates `checkpoints/` and `tb/` and
+/// proves `checkpoints/` writable.
 pub(crate) fn prepare_out_dir(
     exp: &Experiment,
     out: &Path,
@@ -500,27 +501,50 @@ pub(crate) fn prepare_out_dir(
                 exp.name
             )));
         }
-    } else if out.exists()
-        && out
-            .read_dir()
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false)
-    {
+    } else if out.exists() && has_foreign_entries(out) {
         return Err(TrainError::OutDir(format!(
             "{} is not empty and is not a quench run directory; nothing was overwritten — \
              choose another --out",
             out.display()
         )));
     }
-    for d in [out.to_path_buf(), out.join("checkpoints"), out.join("tb")] {
+    // `run.toml` goes in first: once anything else exists the directory is a quench run
+    // directory, so a run killed at any point here can be resumed.
+    fs::create_dir_all(out).map_err(|source| TrainError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    // Also the first proof that `out` can take files (read-only, full disk).
+    checkpoint::write_atomic(&recorded, exp.to_toml().as_bytes())?;
+    for d in [out.join("checkpoints"), out.join("tb")] {
         fs::create_dir_all(&d).map_err(|source| TrainError::Io {
             path: d.clone(),
             source,
         })?;
     }
-    // Fail before training when the directory cannot take files (read-only, full disk).
-    checkpoint::write_atomic(&recorded, exp.to_toml().as_bytes())?;
+    // Fail before training when checkpoints cannot be written either.
+    checkpoint::probe_writable(&out.join("checkpoints"))?;
     Ok(())
+}
+
+/// True when `dir` holds anything but the temporary of a `run.toml` whose write was killed
+/// (removed here: only the run that owns `dir` gets this far).
+fn has_foreign_entries(dir: &Path) -> bool {
+    let Ok(entries) = dir.read_dir() else {
+        return false;
+    };
+    let mut foreign = false;
+    for e in entries.flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(".run.toml.tmp-")
+        {
+            let _ = fs::remove_file(e.path());
+        } else {
+            foreign = true;
+        }
+    }
+    foreign
 }
 
 /// Runs a recipe end to end and writes `summary.json`.
@@ -539,7 +563,9 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
     let tb_dir = out.join("tb");
     let device = resolve_device(&exp.device)?;
     // Load data before touching the output directory: a missing data set leaves nothing behind.
+    crate::phase::enter("load-data");
     let data = load_image_data(exp)?;
+    crate::phase::enter("prepare");
     prepare_out_dir(exp, out, opts.resume)?;
     checkpoint::remove_stale_temporaries(&out.join("checkpoints"))?;
 
@@ -670,6 +696,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
         .map(|(_, p)| p.clone());
 
     for epoch in start_epoch..t.epochs {
+        crate::phase::enter("train");
         let order = epoch_order(data.train.len(), exp.seed, epoch);
         let epoch_start = Instant::now();
         let mut epoch_train_time = 0.0f64;
@@ -869,6 +896,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
                 window_time = 0.0;
             }
         }
+        crate::phase::enter("eval");
         let valid_model = model.valid();
         let (eval_loss, eval_acc) = evaluate(&valid_model, eval_set, 1000, &device);
         logger
@@ -944,12 +972,14 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
             ],
         };
         let path = ckpt_dir.join(checkpoint::epoch_file_name(epoch + 1));
+        crate::phase::enter("checkpoint");
         ckpt.write(&path)?;
         checkpoint::prune_old(&ckpt_dir, exp.checkpoint.keep)?;
         last_ckpt = Some(path);
         logger.flush().map_err(log_io)?;
     }
 
+    crate::phase::enter("finish");
     let final_model = model.valid();
     let (test_loss, test_accuracy) = evaluate(&final_model, &data.test, 1000, &device);
     let checkpoint = last_ckpt.ok_or_else(|| TrainError::Config("no epoch was trained".into()))?;
