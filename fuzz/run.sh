@@ -10,7 +10,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 seconds="${FUZZ_SECONDS:-60}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-fuzz}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/quench-fuzz-target}"
 work="${FUZZ_WORK:-$here/work}"
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(idx recipe checkpoint packed)

@@ -151,6 +151,8 @@ enum Command {
         #[arg(long, default_value_t = quench::train::bench::BATCH_SIZE)]
         batch_size: usize,
     },
+    /// The backends compiled into this build and the GPU adapters found (wgpu builds).
+    Devices,
     /// Validate a recipe without running it.
     Check {
         /// The recipe (TOML).
@@ -329,6 +331,11 @@ fn real_main() -> Result<()> {
                 println!("{}", serde_json::to_string(r).unwrap_or_default());
             })
             .context("quench bench")?;
+        }
+        Command::Devices => {
+            for line in quench::train::device::describe_devices() {
+                println!("{line}");
+            }
         }
         Command::Check { recipe, set } => {
             let exp = Experiment::load(&recipe, &set)?;

@@ -125,6 +125,18 @@ fn quantizer_outputs(
 }
 
 #[test]
+fn a_wgpu_adapter_is_found_and_named() {
+    let lines = quench::train::device::describe_devices();
+    eprintln!("{}", lines.join("\n"));
+    let wgpu = lines
+        .iter()
+        .find(|l| l.starts_with("wgpu: adapters found: "))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(!wgpu.contains("adapters found: none"), "{wgpu}");
+    gpu();
+}
+
+#[test]
 fn fake_quant_every_granularity_and_estimator_matches_flex() {
     let (din, dout) = (64, 48);
     let w = data(din * dout, 1);

@@ -237,7 +237,7 @@ fn bench_one(
             rss_after_warmup = rss_mb().unwrap_or(0.0);
             start = Instant::now();
         }
-        if step >= opts.warmup && (step - opts.warmup) % sample_every == 0 {
+        if step >= opts.warmup && (step - opts.warmup).is_multiple_of(sample_every) {
             rss_max = rss_max.max(rss_mb().unwrap_or(0.0));
         }
         let b = step % per_epoch;

@@ -20,6 +20,29 @@ pub fn compiled_backends() -> Vec<&'static str> {
     v
 }
 
+/// What `quench devices` prints: one line per compiled-in backend, with the adapters wgpu can
+/// see in a wgpu build.
+pub fn describe_devices() -> Vec<String> {
+    let mut lines = vec!["flex: the CPU (always available)".to_string()];
+    #[cfg(feature = "wgpu")]
+    lines.push(format!("wgpu: adapters found: {}", gpu::adapters()));
+    #[cfg(feature = "vulkan")]
+    lines.push("vulkan: the wgpu adapters above that run Vulkan".to_string());
+    #[cfg(feature = "cuda")]
+    lines.push("cuda: device 0 (CUDA is probed when first used)".to_string());
+    let missing: Vec<&str> = ["wgpu", "vulkan", "cuda"]
+        .into_iter()
+        .filter(|b| !compiled_backends().contains(b))
+        .collect();
+    if !missing.is_empty() {
+        lines.push(format!(
+            "not compiled in: {} (rebuild with `--features <name>`)",
+            missing.join(", ")
+        ));
+    }
+    lines
+}
+
 /// The (non-autodiff) device for `name`: `flex`/`cpu`, `wgpu`, `vulkan`, `cuda`.
 pub fn resolve_device(name: &str) -> Result<Device, TrainError> {
     let missing = |feature: &str| TrainError::Device {
@@ -133,6 +156,23 @@ mod gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_lists_flex_and_names_what_is_not_compiled_in() {
+        let lines = describe_devices();
+        assert!(lines[0].starts_with("flex"), "{lines:?}");
+        let wgpu_line = lines
+            .iter()
+            .any(|l| l.starts_with("wgpu: adapters found: "));
+        assert_eq!(wgpu_line, cfg!(feature = "wgpu"), "{lines:?}");
+        if !cfg!(feature = "cuda") {
+            let last = lines.last().map(String::as_str).unwrap_or_default();
+            assert!(
+                last.starts_with("not compiled in:") && last.contains("cuda"),
+                "{lines:?}"
+            );
+        }
+    }
 
     #[test]
     fn flex_resolves_and_unknown_is_refused() {
