@@ -91,6 +91,13 @@ pub fn teacher_model_config(spec: &DistillSpec) -> Result<Option<ModelConfig>, T
 pub fn load_teacher(path: &Path, device: &Device) -> Result<Classifier, TrainError> {
     let ckpt = Checkpoint::read(path)?;
     let texp = Experiment::from_toml_str(&ckpt.meta.experiment_toml, path, &[])?;
+    if texp.model.is_language_model() {
+        return Err(TrainError::Config(format!(
+            "distill.teacher: {} is a language-model (gpt) checkpoint; a teacher must be an \
+             image classifier (mlp, lenet5, cnn) with 10 classes",
+            path.display()
+        )));
+    }
     let teacher = model_from_checkpoint(&texp, &ckpt, path, device)?;
     let classes = teacher
         .layer_infos()

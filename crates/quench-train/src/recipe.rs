@@ -744,13 +744,22 @@ impl Experiment {
         }
         if let Some(d) = &self.distill {
             d.validate().map_err(|e| {
-                let key = match &e {
-                    DistillError::Temperature { .. } => "distill.temperature",
-                    DistillError::TemperatureEnd { .. } => "distill.temperature_end",
-                    DistillError::Alpha { .. } => "distill.alpha",
-                    _ => "distill",
+                let (key, value) = match &e {
+                    DistillError::Temperature { value } => ("distill.temperature", *value),
+                    DistillError::TemperatureEnd { value } => ("distill.temperature_end", *value),
+                    DistillError::Alpha { value } => ("distill.alpha", *value),
+                    _ => {
+                        return RecipeError::Schema {
+                            path: path.to_path_buf(),
+                            key: "distill".into(),
+                            detail: e.to_string(),
+                        };
+                    }
                 };
-                invalid(key, String::new(), &e.to_string())
+                // The message starts with "`key` = value: "; keep only the reason after it.
+                let text = e.to_string();
+                let reason = text.split_once(": ").map_or(text.as_str(), |(_, r)| r);
+                invalid(key, value.to_string(), reason)
             })?;
             if let Some(t) = &d.teacher_model {
                 let m: Result<ModelConfig, _> = toml::Value::Table(t.clone()).try_into();
