@@ -28,8 +28,16 @@ use serde_json::Value;
 /// Float results agree to this (absolute, on values of order 1).
 const TOL: f32 = 1e-4;
 
+/// The GPU device under test: `vulkan` (pinned to Vulkan, SPIR-V shaders) in a `vulkan` build,
+/// else `wgpu` (wgpu's choice of API, WGSL shaders).
+const GPU: &str = if cfg!(feature = "vulkan") {
+    "vulkan"
+} else {
+    "wgpu"
+};
+
 fn gpu() -> Device {
-    quench::train::device::resolve_device("wgpu").unwrap_or_else(|e| panic!("{e}"))
+    quench::train::device::resolve_device(GPU).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Deterministic values in about [-1.5, 1.5) with varied magnitudes, away from exact ties.
@@ -427,16 +435,16 @@ fn one_epoch_of_w4a8_qat_on_wgpu_lands_in_the_flex_accuracy_band() {
     let recipe = "experiments/fashion_mlp_w4a8.toml";
     let sets = ["train.epochs=1", "log.every_steps=1000"];
     let cpu = run_on(recipe, "flex", &sets, &tmp.path().join("flex"));
-    let gpu = run_on(recipe, "wgpu", &sets, &tmp.path().join("wgpu"));
+    let gpu = run_on(recipe, GPU, &sets, &tmp.path().join("gpu"));
     let (a, b) = (
         cpu["test_accuracy"].as_f64().unwrap_or(0.0),
         gpu["test_accuracy"].as_f64().unwrap_or(0.0),
     );
     eprintln!(
-        "one epoch W4A8 MLP: flex {a:.4} ({} samples/s), wgpu {b:.4} ({} samples/s)",
+        "one epoch W4A8 MLP: flex {a:.4} ({} samples/s), {GPU} {b:.4} ({} samples/s)",
         cpu["train_samples_per_sec"], gpu["train_samples_per_sec"]
     );
     assert!(a > 0.80, "flex accuracy {a}");
     assert!((a - b).abs() < 0.015, "flex {a} vs wgpu {b}");
-    assert_eq!(gpu["device"], "wgpu", "{gpu}");
+    assert_eq!(gpu["device"], GPU, "{gpu}");
 }

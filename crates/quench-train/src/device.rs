@@ -17,6 +17,9 @@ pub fn compiled_backends() -> Vec<&'static str> {
     if cfg!(feature = "cuda") {
         v.push("cuda");
     }
+    if cfg!(feature = "ndarray") {
+        v.push("ndarray");
+    }
     v
 }
 
@@ -55,6 +58,17 @@ pub fn resolve_device(name: &str) -> Result<Device, TrainError> {
     };
     match name {
         "flex" | "cpu" => Ok(Device::flex()),
+        "ndarray" => {
+            #[cfg(feature = "ndarray")]
+            {
+                // Deprecated in burn 0.22 (removed in 0.23): compiled in only to be measured
+                // against Flex by `quench bench --device ndarray`.
+                #[allow(deprecated)]
+                Ok(Device::ndarray())
+            }
+            #[cfg(not(feature = "ndarray"))]
+            Err(missing("ndarray"))
+        }
         "wgpu" => {
             #[cfg(feature = "wgpu")]
             {

@@ -721,12 +721,12 @@ impl Experiment {
         }
         if !matches!(
             self.device.as_str(),
-            "flex" | "cpu" | "wgpu" | "vulkan" | "cuda"
+            "flex" | "cpu" | "wgpu" | "vulkan" | "cuda" | "ndarray"
         ) {
             return Err(invalid(
                 "device",
                 format!("\"{}\"", self.device),
-                "must be one of flex, wgpu, vulkan, cuda",
+                "must be one of flex, wgpu, vulkan, cuda (ndarray: measurement builds only)",
             ));
         }
         self.model
