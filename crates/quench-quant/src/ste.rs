@@ -698,7 +698,8 @@ pub(crate) mod tests {
     #[test]
     fn cpu_kernel_matches_op_by_op_path_bit_for_bit() {
         let d = Device::flex();
-        let (r, c) = (5, 37); // 37: four 8-lane blocks and a scalar tail per row
+        // 117: fourteen 8-lane blocks and a scalar tail per row; 600 rows
+        let (r, c) = (600, 117);
         let mut xs: Vec<f32> = (0..r * c)
             .map(|i| ((i * 7919) % 2003) as f32 / 61.0 - 16.0)
             .collect();
@@ -730,6 +731,10 @@ pub(crate) mod tests {
             ] {
                 let (q, keep) =
                     cpu::fake_quantize(&x, None, &scale, zp.as_ref(), qmin, qmax, true).unwrap();
+                let (q_alone, no_keep) =
+                    cpu::fake_quantize(&x, None, &scale, zp.as_ref(), qmin, qmax, false).unwrap();
+                assert!(no_keep.is_none());
+                let q_alone = vals(q_alone);
                 let (raw, codes) = raw_and_codes(x.clone(), scale.clone(), zp.clone(), qmin, qmax);
                 let want_keep = vals(raw.equal(codes.clone()).float());
                 let want_q = vals(
@@ -739,12 +744,9 @@ pub(crate) mod tests {
                     } * scale.clone(),
                 );
                 let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits(vals(q)),
-                    bits(want_q),
-                    "values, scale {:?}",
-                    scale.dims()
-                );
+                let q = vals(q);
+                assert_eq!(bits(q.clone()), bits(q_alone), "without the mask");
+                assert_eq!(bits(q), bits(want_q), "values, scale {:?}", scale.dims());
                 assert_eq!(
                     vals(keep.unwrap()),
                     want_keep,
