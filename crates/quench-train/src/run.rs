@@ -514,6 +514,12 @@ pub(crate) fn prepare_out_dir(
         path: out.to_path_buf(),
         source,
     })?;
+    // The directory is this run's now: drop what a killed `run.toml` write left.
+    for e in out.read_dir().into_iter().flatten().flatten() {
+        if is_run_toml_temporary(&e.file_name()) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
     // Also the first proof that `out` can take files (read-only, full disk).
     checkpoint::write_atomic(&recorded, exp.to_toml().as_bytes())?;
     for d in [out.join("checkpoints"), out.join("tb")] {
@@ -527,24 +533,18 @@ pub(crate) fn prepare_out_dir(
     Ok(())
 }
 
-/// True when `dir` holds anything but the temporary of a `run.toml` whose write was killed
-/// (removed here: only the run that owns `dir` gets this far).
+/// True when `dir` holds anything but the temporary of a killed `run.toml` write.
 fn has_foreign_entries(dir: &Path) -> bool {
-    let Ok(entries) = dir.read_dir() else {
-        return false;
-    };
-    let mut foreign = false;
-    for e in entries.flatten() {
-        if e.file_name()
-            .to_string_lossy()
-            .starts_with(".run.toml.tmp-")
-        {
-            let _ = fs::remove_file(e.path());
-        } else {
-            foreign = true;
-        }
-    }
-    foreign
+    dir.read_dir().is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| !is_run_toml_temporary(&e.file_name()))
+    })
+}
+
+/// Whether `name` is the temporary [`checkpoint::write_atomic`] writes `run.toml` through.
+fn is_run_toml_temporary(name: &std::ffi::OsStr) -> bool {
+    name.to_string_lossy().starts_with(".run.toml.tmp-")
 }
 
 /// Runs a recipe end to end and writes `summary.json`.
