@@ -618,9 +618,9 @@ impl PackedModel {
         let name = meta.name.clone();
         // The weight tensor built below has the op's rank; a shape that disagrees (or whose
         // element count overflows) is a corrupt file, not a panic.
-        let rank = match meta.op.as_str() {
-            "linear" => 2,
-            "conv2d" => 4,
+        let (rank, channel_axis) = match meta.op.as_str() {
+            "linear" => (2, 1),
+            "conv2d" => (4, 0),
             op => {
                 return Err(export_err(
                     path,
@@ -647,7 +647,6 @@ impl PackedModel {
                     format!("{name}: shape {:?} has too many elements", meta.shape),
                 )
             })?;
-        let channel_axis = if meta.op == "linear" { 1 } else { 0 };
         let mut ternary = None;
         let values: Vec<f32> = if meta.packing == "float" {
             read_f32(st, &format!("{name}.weight"), path)?
