@@ -431,7 +431,9 @@ fn repeated_sigkills_at_arbitrary_points_resume_to_the_uninterrupted_result() {
         KillAt::Delay(300 + rng.below(2500)),
         KillAt::InPhase("checkpoint", 1, rng.below(400)),
         // Into the second epoch: the first checkpoint is complete, so the run makes progress.
-        KillAt::InPhase("train", 2, rng.below(300)),
+        // Within 50 ms of its start, so it lands in training however fast an epoch runs (this
+        // model's epoch is a few hundred ms).
+        KillAt::InPhase("train", 2, rng.below(300) % 50),
         KillAt::InPhase("load-data", 1, 0),
         KillAt::InPhase("prepare", 1, 0),
         KillAt::InPhase("eval", 1, rng.below(20)),

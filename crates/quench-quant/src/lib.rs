@@ -1,6 +1,7 @@
 //! Fake quantization for training small models: specs, straight-through estimators, observers,
 //! learned ranges (LSQ, PACT), BitNet ternary/binary weights, low-bit packing and a ternary kernel.
 
+pub mod conv;
 pub mod error;
 pub mod kernel;
 pub mod layer;

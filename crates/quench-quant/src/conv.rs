@@ -1,0 +1,454 @@
+//! Convolution and 2×2 max-pooling for the CPU (Flex) backend written as one gather and one
+//! matrix product, so that training a small conv net spends its time in `gemm`.
+//!
+//! Why not burn's `conv2d`: Flex runs small convolutions with a direct loop, its autodiff takes
+//! the input gradient through `conv_transpose2d` and the weight gradient through a second
+//! convolution whose kernel is the whole output map (batch as channels), and `max_pool2d`
+//! evaluates a generic 3-d window per output. On LeNet-5 (batch 128) these took about 60 % of a
+//! training step (`perf`, 1 thread). Here:
+//!
+//! * **im2col by `select`.** The input is flattened to `[B, C·H·W]`, one zero column is appended
+//!   (padding reads it), and one `select` with precomputed indices gathers every patch into
+//!   `[B·Ho·Wo, C·Kh·Kw]`. Its backward is one scatter-add; the `cat`'s is a slice.
+//! * **One GEMM** `[B·Ho·Wo, C·Kh·Kw] × [C·Kh·Kw, O]`; its two backward products are GEMMs too,
+//!   the weight gradient a single product over the whole batch.
+//! * **2×2 pooling** as a reshape to `[…, Ho, 2, Wo, 2]` and two `max_dim`s (backward: two
+//!   scatters into the arg-max positions).
+//!
+//! Other backends (wgpu/CUDA have tuned convolution kernels), grouped convolutions and other
+//! dtypes take burn's op unchanged. The values equal burn's up to float summation order; the
+//! tests compare forward and both gradients with burn's `conv2d`, and the pool exactly.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use burn::tensor::module::{conv2d, max_pool2d};
+use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+/// Geometry of one im2col gather, the key of the index cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Geometry {
+    channels: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    stride: [usize; 2],
+    /// Top and left padding (bottom/right follow from the output size).
+    pad: [usize; 2],
+    dilation: [usize; 2],
+    ho: usize,
+    wo: usize,
+}
+
+impl Geometry {
+    /// Gather indices into `[C·H·W + 1]` (the last entry is the zero pad), ordered
+    /// `(oy, ox, c, ky, kx)` so a row of the gathered matrix is one output pixel's patch in the
+    /// order of burn's `[O, C, Kh, Kw]` weight.
+    fn indices(&self) -> Vec<i64> {
+        let zero = (self.channels * self.h * self.w) as i64;
+        let mut idx = Vec::with_capacity(self.ho * self.wo * self.channels * self.kh * self.kw);
+        for oy in 0..self.ho {
+            for ox in 0..self.wo {
+                for c in 0..self.channels {
+                    for ky in 0..self.kh {
+                        let y = (oy * self.stride[0] + ky * self.dilation[0]) as i64
+                            - self.pad[0] as i64;
+                        for kx in 0..self.kw {
+                            let x = (ox * self.stride[1] + kx * self.dilation[1]) as i64
+                                - self.pad[1] as i64;
+                            let inside =
+                                (0..self.h as i64).contains(&y) && (0..self.w as i64).contains(&x);
+                            idx.push(if inside {
+                                (c * self.h * self.w) as i64 + y * self.w as i64 + x
+                            } else {
+                                zero
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        idx
+    }
+}
+
+thread_local! {
+    /// Index tensors per geometry: built once per shape instead of once per step.
+    static INDICES: RefCell<HashMap<Geometry, Tensor<1, Int>>> = RefCell::new(HashMap::new());
+}
+
+/// Whether the GEMM path applies: Flex, f32, no groups.
+fn gemm_path_applies(x: &Tensor<4>, weight: &Tensor<4>, groups: usize) -> bool {
+    groups == 1
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && x.device() == Device::flex()
+}
+
+/// `conv2d` with burn's semantics (`options` padding may be asymmetric); im2col + GEMM on Flex.
+pub fn conv2d_fast(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    if !gemm_path_applies(&x, &weight, options.groups) {
+        return conv2d(x, weight, bias, options);
+    }
+    let [batch, channels, h, w] = x.dims();
+    let [out_channels, _, kh, kw] = weight.dims();
+    let begin = options.padding_begin();
+    let end = options.padding_end();
+    // Output size along an axis; `None` when the kernel is larger than the padded input.
+    let size = |axis: usize, n: usize, k: usize| {
+        (n + begin[axis] + end[axis])
+            .checked_sub(options.dilation[axis] * (k - 1) + 1)
+            .map(|v| v / options.stride[axis] + 1)
+    };
+    let (Some(ho), Some(wo)) = (size(0, h, kh), size(1, w, kw)) else {
+        // Let burn report it.
+        return conv2d(x, weight, bias, options);
+    };
+    let geometry = Geometry {
+        channels,
+        h,
+        w,
+        kh,
+        kw,
+        stride: options.stride,
+        pad: begin,
+        dilation: options.dilation,
+        ho,
+        wo,
+    };
+    let patch = channels * kh * kw;
+    let cols = gather_columns(x, &geometry, batch);
+    let w2 = weight.reshape([out_channels, patch]).transpose();
+    let mut y = cols.matmul(w2);
+    if let Some(b) = bias {
+        y = y + b.unsqueeze::<2>();
+    }
+    y.reshape([batch, ho * wo, out_channels])
+        .swap_dims(1, 2)
+        .reshape([batch, out_channels, ho, wo])
+}
+
+/// The patch matrix `[B·Ho·Wo, C·Kh·Kw]` of `x` by one `select` (autodiff records it).
+///
+/// (Building it on the host with row copies when `x` is untracked was tried and was slower: the
+/// copy out of and back into a tensor costs more than the gather saves.)
+fn gather_columns(x: Tensor<4>, geometry: &Geometry, batch: usize) -> Tensor<2> {
+    let Geometry {
+        channels,
+        h,
+        w,
+        kh,
+        kw,
+        ho,
+        wo,
+        ..
+    } = *geometry;
+    let device = x.device();
+    let idx = INDICES.with(|cache| {
+        cache
+            .borrow_mut()
+            .entry(*geometry)
+            .or_insert_with(|| {
+                let v = geometry.indices();
+                let n = v.len();
+                Tensor::from_data(TensorData::new(v, [n]), &device)
+            })
+            .clone()
+    });
+    let flat = x.reshape([batch, channels * h * w]);
+    let padded = Tensor::cat(vec![flat, Tensor::zeros([batch, 1], &device)], 1);
+    padded
+        .select(1, idx)
+        .reshape([batch * ho * wo, channels * kh * kw])
+}
+
+/// 2×2 max pooling with stride 2 (floor), burn's `max_pool2d` semantics (the first maximum of
+/// a window in row-major order wins, NaN wins over numbers). On Flex the arg-max of every window
+/// is found in one host pass and the output is one `select` of those positions, so the backward
+/// is one scatter of the output gradient, not burn's generic 3-d window loop.
+pub fn max_pool2x2(x: Tensor<4>) -> Tensor<4> {
+    let [batch, channels, h, w] = x.dims();
+    let (ho, wo) = (h / 2, w / 2);
+    let host = (ho > 0 && wo > 0).then(|| host_values(&x)).flatten();
+    let Some(values) = host else {
+        return max_pool2d(x, pool_options());
+    };
+    let idx = pool_argmax(&values, batch * channels, h, w);
+    let n = idx.len();
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &x.device());
+    x.reshape([batch * channels * h * w])
+        .select(0, idx)
+        .reshape([batch, channels, ho, wo])
+}
+
+/// The values of an f32 tensor on Flex (a host copy), else `None`.
+fn host_values<const D: usize>(x: &Tensor<D>) -> Option<Vec<f32>> {
+    if x.dtype() != DType::F32 || x.device() != Device::flex() {
+        return None;
+    }
+    x.clone()
+        .without_autodiff()
+        .into_data()
+        .try_into_vec::<f32>()
+        .ok()
+}
+
+/// Flat index of the maximum of every 2×2 window of `planes` row-major `h×w` planes.
+fn pool_argmax(values: &[f32], planes: usize, h: usize, w: usize) -> Vec<i64> {
+    let (ho, wo) = (h / 2, w / 2);
+    let mut idx = Vec::with_capacity(planes * ho * wo);
+    for p in 0..planes {
+        for oy in 0..ho {
+            let start = p * h * w + 2 * oy * w;
+            let (top, bottom) = values[start..start + 2 * w].split_at(w);
+            // Pairs of columns; a trailing odd column is dropped (floor), as `chunks_exact` does.
+            let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+            idx.extend(windows.enumerate().map(|(ox, (t, b))| {
+                let k = window_argmax([t[0], t[1], b[0], b[1]]);
+                (start + (k / 2) * w + 2 * ox + k % 2) as i64
+            }));
+        }
+    }
+    idx
+}
+
+/// Position (row-major, 0..4) of the maximum of one window: the first of equal maxima, or the
+/// last NaN. Branch-free selects on the common path (where the arg-max is data-dependent and a
+/// branch would be mispredicted about half the time); a NaN or infinity anywhere makes the sum
+/// non-finite and takes the literal rule instead.
+#[inline]
+fn window_argmax(v: [f32; 4]) -> usize {
+    if !(v[0] + v[1] + v[2] + v[3]).is_finite() {
+        let mut best = 0;
+        for k in 1..4 {
+            if v[k] > v[best] || v[k].is_nan() {
+                best = k;
+            }
+        }
+        return best;
+    }
+    let (m01, k01) = if v[1] > v[0] { (v[1], 1) } else { (v[0], 0) };
+    let (m23, k23) = if v[3] > v[2] { (v[3], 3) } else { (v[2], 2) };
+    if m23 > m01 { k23 } else { k01 }
+}
+
+/// burn's options for a 2×2, stride-2, unpadded pool.
+fn pool_options() -> MaxPoolOptions<2> {
+    MaxPoolOptions::new([2, 2]).with_stride([2, 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Tolerance;
+
+    use super::*;
+
+    fn rand4(dims: [usize; 4], seed: u64) -> Tensor<4> {
+        let n: usize = dims.iter().product();
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(v, dims), &Device::flex().autodiff())
+    }
+
+    /// How the input enters the convolution: a leaf that requires a gradient, an intermediate
+    /// result of a tracked op (its gradient is read from the leaf), or a constant batch.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Input {
+        Leaf,
+        Intermediate,
+        Constant,
+    }
+
+    /// Forward, input gradient, weight gradient and bias gradient against burn's `conv2d`.
+    fn check(x: [usize; 4], wd: [usize; 4], options: ConvOptions<2>) {
+        for input in [Input::Leaf, Input::Intermediate, Input::Constant] {
+            check_input(x, wd, options.clone(), input);
+        }
+    }
+
+    fn check_input(x: [usize; 4], wd: [usize; 4], options: ConvOptions<2>, input: Input) {
+        let run = |fast: bool| {
+            let leaf = rand4(x, 1);
+            let leaf = if input == Input::Constant {
+                leaf
+            } else {
+                leaf.require_grad()
+            };
+            let xt = if input == Input::Intermediate {
+                leaf.clone() * 2.0
+            } else {
+                leaf.clone()
+            };
+            let wt = rand4(wd, 2).require_grad();
+            let bt: Tensor<1> = rand4([1, 1, 1, wd[0]], 3).reshape([wd[0]]).require_grad();
+            let y = if fast {
+                conv2d_fast(xt.clone(), wt.clone(), Some(bt.clone()), options.clone())
+            } else {
+                conv2d(xt.clone(), wt.clone(), Some(bt.clone()), options.clone())
+            };
+            // A non-uniform upstream gradient: weight the outputs.
+            let g = rand4(y.dims(), 4);
+            let grads = (y.clone() * g).sum().backward();
+            (
+                y.inner(),
+                leaf.grad(&grads),
+                wt.grad(&grads).unwrap(),
+                bt.grad(&grads).unwrap(),
+            )
+        };
+        let (y0, gx0, gw0, gb0) = run(false);
+        let (y1, gx1, gw1, gb1) = run(true);
+        let tol = Tolerance::<f32>::relative(1e-4).set_absolute(1e-4);
+        y1.into_data().assert_approx_eq(&y0.into_data(), tol);
+        match (gx1, gx0) {
+            (Some(a), Some(b)) => a.into_data().assert_approx_eq(&b.into_data(), tol),
+            (None, None) => assert!(input == Input::Constant),
+            _ => panic!("input gradient present in only one of the two paths"),
+        }
+        gw1.into_data().assert_approx_eq(&gw0.into_data(), tol);
+        gb1.into_data().assert_approx_eq(&gb0.into_data(), tol);
+    }
+
+    #[test]
+    fn lenet_shapes_match_burn() {
+        check(
+            [3, 1, 28, 28],
+            [6, 1, 5, 5],
+            ConvOptions::new([1, 1], [2, 2], [1, 1], 1),
+        );
+        check(
+            [3, 6, 14, 14],
+            [16, 6, 5, 5],
+            ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+        );
+    }
+
+    #[test]
+    fn stride_dilation_and_asymmetric_padding_match_burn() {
+        check(
+            [2, 3, 9, 8],
+            [4, 3, 3, 3],
+            ConvOptions::new([2, 1], [1, 0], [1, 2], 1),
+        );
+        check(
+            [2, 2, 7, 6],
+            [3, 2, 3, 2],
+            ConvOptions::new_with_padding([1, 2], [(0, 1), (2, 0)], [1, 1], 1),
+        );
+    }
+
+    #[test]
+    fn hand_computed_padded_convolution() {
+        // 1×1×2×2 input, 1×1×3×3 all-ones kernel, padding 1: every output is the sum of the
+        // inputs its window covers, which with a 2×2 input is all four.
+        let d = Device::flex();
+        let x = Tensor::<4>::from_data(TensorData::new(vec![1.0f32, 2., 3., 4.], [1, 1, 2, 2]), &d);
+        let w = Tensor::<4>::ones([1, 1, 3, 3], &d);
+        let y = conv2d_fast(x, w, None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+        assert_eq!(y.dims(), [1, 1, 2, 2]);
+        assert_eq!(y.into_data().try_to_vec::<f32>().unwrap(), vec![10.0; 4]);
+    }
+
+    #[test]
+    fn hand_computed_unpadded_convolution() {
+        // x = 1..9 as 3×3, kernel [[1, 2], [3, 4]]: y[i][j] = x[i][j] + 2x[i][j+1] + 3x[i+1][j]
+        // + 4x[i+1][j+1], e.g. y[0][0] = 1 + 4 + 12 + 20 = 37.
+        let d = Device::flex();
+        let x = Tensor::<4>::from_data(
+            TensorData::new((1..=9).map(|v| v as f32).collect::<Vec<_>>(), [1, 1, 3, 3]),
+            &d,
+        );
+        let w = Tensor::<4>::from_data(TensorData::new(vec![1.0f32, 2., 3., 4.], [1, 1, 2, 2]), &d);
+        let b = Tensor::<1>::from_data(TensorData::new(vec![0.5f32], [1]), &d);
+        let y = conv2d_fast(x, w, Some(b), ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
+        assert_eq!(
+            y.into_data().try_to_vec::<f32>().unwrap(),
+            vec![37.5, 47.5, 67.5, 77.5]
+        );
+    }
+
+    #[test]
+    fn pool_ties_and_nan_follow_burn() {
+        // Window 1: all equal (ties after a ReLU): the gradient goes to the first position.
+        // Window 2: two equal maxima: the first in row-major order wins. Window 3: a NaN wins.
+        // Window 4: ordinary.
+        #[rustfmt::skip]
+        let v = vec![
+            0.0f32, 0.0,   1.0, 3.0,
+            0.0,    0.0,   3.0, 2.0,
+            5.0,    f32::NAN, -1.0, -2.0,
+            7.0,    1.0,   -3.0, -0.5,
+        ];
+        let run = |fast: bool| {
+            let d = Device::flex().autodiff();
+            let xt =
+                Tensor::<4>::from_data(TensorData::new(v.clone(), [1, 1, 4, 4]), &d).require_grad();
+            let y = if fast {
+                max_pool2x2(xt.clone())
+            } else {
+                max_pool2d(xt.clone(), pool_options())
+            };
+            let grads = y.clone().sum().backward();
+            let y = y.inner().into_data().try_to_vec::<f32>().unwrap();
+            let g = xt
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            (y, g)
+        };
+        let (y0, g0) = run(false);
+        let (y1, g1) = run(true);
+        assert_eq!(y1[0], 0.0);
+        assert_eq!(y1[1], 3.0);
+        assert!(y1[2].is_nan());
+        assert_eq!(y1[3], -0.5);
+        assert!(y0[2].is_nan());
+        assert_eq!([y0[0], y0[1], y0[3]], [y1[0], y1[1], y1[3]]);
+        #[rustfmt::skip]
+        let expect = vec![
+            1.0f32, 0.0, 0.0, 1.0,
+            0.0,    0.0, 0.0, 0.0,
+            0.0,    1.0, 0.0, 0.0,
+            0.0,    0.0, 0.0, 1.0,
+        ];
+        assert_eq!(g1, expect);
+        assert_eq!(g0, expect);
+    }
+
+    #[test]
+    fn pool_matches_burn_values_and_gradient() {
+        for dims in [[2, 3, 8, 8], [1, 2, 5, 7]] {
+            let run = |fast: bool| {
+                let xt = rand4(dims, 7).require_grad();
+                let y = if fast {
+                    max_pool2x2(xt.clone())
+                } else {
+                    max_pool2d(xt.clone(), pool_options())
+                };
+                let g = rand4(y.dims(), 8);
+                let grads = (y.clone() * g).sum().backward();
+                (y.inner().into_data(), xt.grad(&grads).unwrap().into_data())
+            };
+            let (y0, g0) = run(false);
+            let (y1, g1) = run(true);
+            assert_eq!(y1, y0);
+            assert_eq!(g1, g0);
+        }
+    }
+}
