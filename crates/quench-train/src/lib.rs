@@ -1,6 +1,7 @@
 //! quench-train: the training loop glue, recipes, checkpoints/resume, TensorBoard logging,
 //! progress and the run summary. It composes the technique crates.
 
+pub mod adam;
 pub mod bench;
 pub mod checkpoint;
 pub mod device;

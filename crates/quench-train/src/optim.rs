@@ -8,9 +8,10 @@ use burn::lr_scheduler::module_lr_scheduler::{ModuleLrScheduler, ModuleLrSchedul
 use burn::lr_scheduler::sequential::SequentialLrSchedulerConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, AdamWConfig, ModuleOptimizer, SgdConfig};
+use burn::optim::{AdamWConfig, ModuleOptimizer, SgdConfig};
 
 use crate::TrainError;
+use crate::adam::FusedAdam;
 use crate::recipe::{LrScheduleKind, OptimizerKind, TrainConfig};
 
 /// The optimizer the recipe asks for (burn's own Adam / AdamW / SGD-momentum).
@@ -19,13 +20,19 @@ pub fn build_optimizer(t: &TrainConfig) -> ModuleOptimizer {
         (t.grad_clip_norm > 0.0).then_some(GradientClippingConfig::Norm(t.grad_clip_norm as f32));
     let decay = (t.weight_decay > 0.0).then(|| WeightDecayConfig::new(t.weight_decay as f32));
     match t.optimizer {
-        OptimizerKind::Adam => AdamConfig::new()
-            .with_beta_1(t.beta1 as f32)
-            .with_beta_2(t.beta2 as f32)
-            .with_epsilon(t.eps as f32)
-            .with_weight_decay(decay)
-            .with_grad_clipping(clip)
-            .init(),
+        // burn's Adam, with the update fused into one pass on the CPU (bit-identical).
+        OptimizerKind::Adam => {
+            let adam = ModuleOptimizer::from(FusedAdam::new(
+                t.beta1 as f32,
+                t.beta2 as f32,
+                t.eps as f32,
+                decay.map(|d| d.penalty),
+            ));
+            match clip {
+                Some(c) => adam.with_grad_clipping(c.init()),
+                None => adam,
+            }
+        }
         OptimizerKind::Adamw => AdamWConfig::new()
             .with_beta_1(t.beta1 as f32)
             .with_beta_2(t.beta2 as f32)
