@@ -22,6 +22,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use rayon::prelude::*;
+
 use burn::tensor::module::{conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
@@ -43,6 +45,11 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// Stride and dilation 1 on both axes (the host im2col's case).
+    fn unit_steps(&self) -> bool {
+        self.stride == [1, 1] && self.dilation == [1, 1]
+    }
+
     /// Gather indices into `[C·H·W + 1]` (the last entry is the zero pad), ordered
     /// `(oy, ox, c, ky, kx)` so a row of the gathered matrix is one output pixel's patch in the
     /// order of burn's `[O, C, Kh, Kw]` weight.
@@ -124,7 +131,21 @@ pub fn conv2d_fast(
         wo,
     };
     let patch = channels * kh * kw;
-    let cols = gather_columns(x, &geometry, batch);
+    let cols = match (x.is_tracked(), geometry.unit_steps()) {
+        // No gradient flows to `x` (the image batch, a frozen teacher, evaluation): build the
+        // patch matrix on the host, a window row at a time.
+        (false, true) => match host_values(&x) {
+            Some(values) => Tensor::from_data(
+                TensorData::new(
+                    im2col_host(&values, batch, &geometry),
+                    [batch * ho * wo, patch],
+                ),
+                &x.device(),
+            ),
+            None => gather_columns(x, &geometry, batch),
+        },
+        _ => gather_columns(x, &geometry, batch),
+    };
     let w2 = weight.reshape([out_channels, patch]).transpose();
     let mut y = cols.matmul(w2);
     if let Some(b) = bias {
@@ -136,9 +157,6 @@ pub fn conv2d_fast(
 }
 
 /// The patch matrix `[B·Ho·Wo, C·Kh·Kw]` of `x` by one `select` (autodiff records it).
-///
-/// (Building it on the host with row copies when `x` is untracked was tried and was slower: the
-/// copy out of and back into a tensor costs more than the gather saves.)
 fn gather_columns(x: Tensor<4>, geometry: &Geometry, batch: usize) -> Tensor<2> {
     let Geometry {
         channels,
@@ -168,6 +186,68 @@ fn gather_columns(x: Tensor<4>, geometry: &Geometry, batch: usize) -> Tensor<2> 
         .select(1, idx)
         .reshape([batch * ho * wo, channels * kh * kw])
 }
+
+/// The patch matrix of host `values` (`[B, C, H, W]`) for stride and dilation 1: row
+/// `(b, oy, ox)`, column `(c, ky, kx)`, zero where the window reaches into the padding. Each
+/// window row is a run of `kw` consecutive inputs, copied as a fixed-size array for the common
+/// kernel widths (a `memcpy` call per 3 or 5 values cost more than `select`'s gather). One sample
+/// per rayon task.
+fn im2col_host(values: &[f32], batch: usize, g: &Geometry) -> Vec<f32> {
+    match g.kw {
+        3 => im2col_rows::<3>(values, batch, g),
+        5 => im2col_rows::<5>(values, batch, g),
+        _ => im2col_rows::<0>(values, batch, g),
+    }
+}
+
+/// [`im2col_host`] with the window width `K` known at compile time (`0`: use `g.kw`).
+fn im2col_rows<const K: usize>(values: &[f32], batch: usize, g: &Geometry) -> Vec<f32> {
+    let kw = if K == 0 { g.kw } else { K };
+    let plane = g.h * g.w;
+    let patch = g.channels * g.kh * kw;
+    let per_sample = g.ho * g.wo * patch;
+    let mut cols = vec![0.0f32; batch * per_sample];
+    let fill = |(b, out): (usize, &mut [f32])| {
+        let xb = &values[b * g.channels * plane..(b + 1) * g.channels * plane];
+        for (pixel, row) in out.chunks_exact_mut(patch).enumerate() {
+            let (oy, ox) = (pixel / g.wo, pixel % g.wo);
+            // Window columns inside the image: x = ox + kx − pad ∈ [0, w).
+            let lo = g.pad[1].saturating_sub(ox);
+            let hi = kw.min((g.w + g.pad[1]).saturating_sub(ox));
+            for c in 0..g.channels {
+                for ky in 0..g.kh {
+                    let Some(y) = (oy + ky).checked_sub(g.pad[0]).filter(|&y| y < g.h) else {
+                        continue;
+                    };
+                    let src = &xb[c * plane + y * g.w..][..g.w];
+                    let dst = &mut row[(c * g.kh + ky) * kw..][..kw];
+                    if K != 0 && lo == 0 && hi == K {
+                        let start = ox - g.pad[1];
+                        let window: &[f32; K] = src[start..start + K]
+                            .try_into()
+                            .unwrap_or_else(|_| unreachable!("a slice of length K"));
+                        let dst: &mut [f32; K] = dst
+                            .try_into()
+                            .unwrap_or_else(|_| unreachable!("a slice of length K"));
+                        *dst = *window;
+                    } else if lo < hi {
+                        let start = ox + lo - g.pad[1];
+                        dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
+                    }
+                }
+            }
+        }
+    };
+    if cols.len() >= PARALLEL_MIN_VALUES {
+        cols.par_chunks_mut(per_sample).enumerate().for_each(fill);
+    } else {
+        cols.chunks_mut(per_sample).enumerate().for_each(fill);
+    }
+    cols
+}
+
+/// Below this many patch-matrix values im2col runs on the calling thread only.
+const PARALLEL_MIN_VALUES: usize = 1 << 16;
 
 /// 2×2 max pooling with stride 2 (floor), burn's `max_pool2d` semantics (the first maximum of
 /// a window in row-major order wins, NaN wins over numbers). On Flex the arg-max of every window
@@ -334,6 +414,32 @@ mod tests {
             [3, 6, 14, 14],
             [16, 6, 5, 5],
             ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+        );
+    }
+
+    #[test]
+    fn host_im2col_widths_and_parallel_split_match_burn() {
+        // 3-wide (fixed-size copy), 2- and 4-wide (general copy, asymmetric padding that cuts
+        // windows on both sides), and a batch large enough to split over the pool.
+        check(
+            [4, 2, 9, 8],
+            [3, 2, 3, 3],
+            ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+        );
+        check(
+            [2, 3, 7, 6],
+            [2, 3, 4, 2],
+            ConvOptions::new_with_padding([1, 1], [(2, 1), (0, 1)], [1, 1], 1),
+        );
+        check(
+            [2, 1, 6, 6],
+            [2, 1, 3, 4],
+            ConvOptions::new([1, 1], [1, 3], [1, 1], 1),
+        );
+        check(
+            [40, 1, 28, 28],
+            [6, 1, 5, 5],
+            ConvOptions::new([1, 1], [2, 2], [1, 1], 1),
         );
     }
 
