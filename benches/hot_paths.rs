@@ -2,7 +2,10 @@
 //! forward + backward of a 512×512 `QuantLinear` on a batch of 128 — float, W4A8 with weight
 //! scales per tensor / per channel / per group of 128, A8 per token, BitNet ternary (with and
 //! without SubLN) — plus mask application to a 512×512 weight and the KD loss
-//! (T = 4, α = 0.9) forward + backward on 128×10 logits.
+//! (T = 4, α = 0.9) forward + backward on 128×10 logits; and the minimal reproduction of the
+//! conv-net bottleneck: LeNet-5's two convolutions and a 2×2 max-pool, forward + backward at
+//! batch 128, with burn's `conv2d` / `max_pool2d` against quench's `conv2d_fast` /
+//! `max_pool2x2` (`conv_*`, `pool_*`).
 //!
 //! `cargo bench --bench hot_paths -- --warm-up-time 1 --measurement-time 3`
 
@@ -150,5 +153,95 @@ fn bench_mask_and_kd(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_layers, bench_mask_and_kd);
+/// burn's `conv2d` / `max_pool2d` against quench's GEMM convolution and arg-max pool, on
+/// LeNet-5's shapes (batch 128), forward + backward with the input tracked as in conv2.
+fn bench_conv(c: &mut Criterion) {
+    use burn::tensor::module::{conv2d, max_pool2d};
+    use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
+    use quench_quant::conv::{conv2d_fast, max_pool2x2};
+
+    let ad = Device::flex().autodiff();
+    ad.seed(0);
+    // conv1 sees the image batch (no input gradient), conv2 a tracked activation.
+    let shapes = [
+        ("conv1", [BATCH, 1, 28, 28], [6, 1, 5, 5], 2, false),
+        ("conv2", [BATCH, 6, 14, 14], [16, 6, 5, 5], 0, true),
+    ];
+    for (name, xd, wd, pad, input_grad) in shapes {
+        let x = Tensor::<4>::random(xd, Distribution::Normal(0.0, 1.0), &ad);
+        let w = Tensor::<4>::random(wd, Distribution::Normal(0.0, 0.2), &ad);
+        let options = ConvOptions::new([1, 1], [pad, pad], [1, 1], 1);
+        for fast in [false, true] {
+            let label = format!("{name}_{}_fwd_bwd", if fast { "quench" } else { "burn" });
+            c.bench_function(&label, |b| {
+                b.iter(|| {
+                    let x = if input_grad {
+                        x.clone().require_grad()
+                    } else {
+                        x.clone()
+                    };
+                    let w = w.clone().require_grad();
+                    let y = if fast {
+                        conv2d_fast(x.clone(), w.clone(), None, options.clone())
+                    } else {
+                        conv2d(x.clone(), w.clone(), None, options.clone())
+                    };
+                    let grads = y.sum().backward();
+                    black_box(
+                        w.grad(&grads)
+                            .map(|g| g.slice([0..1, 0..1, 0..1, 0..1]).into_scalar::<f32>()),
+                    )
+                })
+            });
+        }
+    }
+    // A frozen teacher's forward (no autodiff at all): LeNet-5's convolutions and those of the
+    // wider teacher CNN (channels [32, 64], 3×3, padded).
+    let plain = Device::flex();
+    let teacher_shapes = [
+        ("conv1", [BATCH, 1, 28, 28], [6, 1, 5, 5], 2),
+        ("conv2", [BATCH, 6, 14, 14], [16, 6, 5, 5], 0),
+        ("cnn_conv1", [BATCH, 1, 28, 28], [32, 1, 3, 3], 1),
+        ("cnn_conv2", [BATCH, 32, 14, 14], [64, 32, 3, 3], 1),
+    ];
+    for (name, xd, wd, pad) in teacher_shapes {
+        let x = Tensor::<4>::random(xd, Distribution::Normal(0.0, 1.0), &plain);
+        let w = Tensor::<4>::random(wd, Distribution::Normal(0.0, 0.2), &plain);
+        let options = ConvOptions::new([1, 1], [pad, pad], [1, 1], 1);
+        for fast in [false, true] {
+            let label = format!("{name}_{}_fwd_only", if fast { "quench" } else { "burn" });
+            c.bench_function(&label, |b| {
+                b.iter(|| {
+                    let y = if fast {
+                        conv2d_fast(x.clone(), w.clone(), None, options.clone())
+                    } else {
+                        conv2d(x.clone(), w.clone(), None, options.clone())
+                    };
+                    black_box(y.slice([0..1, 0..1, 0..1, 0..1]).into_scalar::<f32>())
+                })
+            });
+        }
+    }
+    let x = Tensor::<4>::random([BATCH, 6, 28, 28], Distribution::Normal(0.0, 1.0), &ad);
+    for fast in [false, true] {
+        let label = format!("pool_{}_fwd_bwd", if fast { "quench" } else { "burn" });
+        c.bench_function(&label, |b| {
+            b.iter(|| {
+                let x = x.clone().require_grad();
+                let y = if fast {
+                    max_pool2x2(x.clone())
+                } else {
+                    max_pool2d(x.clone(), MaxPoolOptions::new([2, 2]).with_stride([2, 2]))
+                };
+                let grads = y.sum().backward();
+                black_box(
+                    x.grad(&grads)
+                        .map(|g| g.slice([0..1, 0..1, 0..1, 0..1]).into_scalar::<f32>()),
+                )
+            })
+        });
+    }
+}
+
+criterion_group!(benches, bench_layers, bench_mask_and_kd, bench_conv);
 criterion_main!(benches);

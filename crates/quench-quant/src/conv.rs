@@ -1,23 +1,25 @@
-//! Convolution and 2×2 max-pooling for the CPU (Flex) backend written as one gather and one
-//! matrix product, so that training a small conv net spends its time in `gemm`.
+//! 2×2 max-pooling for the CPU (Flex) backend as one host arg-max pass and one `select`, used
+//! by the conv nets; and a convolution as im2col + one GEMM, kept as the measured alternative to
+//! burn's `conv2d` (not used by the layers — see below).
 //!
-//! Why not burn's `conv2d`: Flex runs small convolutions with a direct loop, its autodiff takes
-//! the input gradient through `conv_transpose2d` and the weight gradient through a second
-//! convolution whose kernel is the whole output map (batch as channels), and `max_pool2d`
-//! evaluates a generic 3-d window per output. On LeNet-5 (batch 128) these took about 60 % of a
-//! training step (`perf`, 1 thread). Here:
+//! **Pooling.** Flex's `max_pool2d` evaluates a generic 3-d window per output and its backward
+//! is a generic scatter; `perf` put it at 14 % of a LeNet-5 training step. [`max_pool2x2`] finds
+//! each window's arg-max in one branch-free host pass and gathers those positions with `select`,
+//! whose backward is one scatter of the output gradient. LeNet-5's pool (128×6×28×28), forward +
+//! backward: 5.7 ms with burn's op, 3.5 ms with this one (`cargo bench --bench hot_paths --
+//! pool`, 1 thread); values and gradients equal burn's, ties and NaN included.
 //!
-//! * **im2col by `select`.** The input is flattened to `[B, C·H·W]`, one zero column is appended
-//!   (padding reads it), and one `select` with precomputed indices gathers every patch into
-//!   `[B·Ho·Wo, C·Kh·Kw]`. Its backward is one scatter-add; the `cat`'s is a slice.
-//! * **One GEMM** `[B·Ho·Wo, C·Kh·Kw] × [C·Kh·Kw, O]`; its two backward products are GEMMs too,
-//!   the weight gradient a single product over the whole batch.
-//! * **2×2 pooling** as a reshape to `[…, Ho, 2, Wo, 2]` and two `max_dim`s (backward: two
-//!   scatters into the arg-max positions).
+//! **Convolution: measured, not adopted.** [`conv2d_fast`] gathers every patch with one
+//! `select` (or, for an untracked input, on the host) and multiplies once; both backward
+//! products are GEMMs. Against burn's `conv2d` on the same shapes (`hot_paths`, 1 thread, glibc
+//! tuned as in `quench`): LeNet-5 training convolutions forward + backward 6.6 vs 6.5 ms (conv1)
+//! and 9.4 vs 9.6 ms (conv2) — equal; forward only 3.8 vs 2.3 ms (conv1, burn faster), 1.8 vs
+//! 4.5 ms (conv2), 6.8 vs 11.5 ms and 23.9 vs 20.0 ms (the wider teacher CNN's two). No shape
+//! rule wins consistently, so [`crate::layer::QuantConv2d`] keeps burn's op (one numerics for
+//! every backend). An earlier end-to-end gain credited to this path came from the allocator
+//! setting in `quench`'s `main` and from the pool.
 //!
-//! Other backends (wgpu/CUDA have tuned convolution kernels), grouped convolutions and other
-//! dtypes take burn's op unchanged. The values equal burn's up to float summation order; the
-//! tests compare forward and both gradients with burn's `conv2d`, and the pool exactly.
+//! Other backends, grouped convolutions and other dtypes take burn's ops unchanged.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -101,7 +103,9 @@ pub fn conv2d_fast(
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
 ) -> Tensor<4> {
-    if !gemm_path_applies(&x, &weight, options.groups) {
+    if !gemm_path_applies(&x, &weight, options.groups)
+        || std::env::var_os("QUENCH_BURN_CONV").is_some()
+    {
         return conv2d(x, weight, bias, options);
     }
     let [batch, channels, h, w] = x.dims();

@@ -27,7 +27,7 @@ fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 /// consumer (forward, export, reports) goes through here, so they agree on γ to the bit.
 fn ternary_parts<const D: usize>(w: Tensor<D>) -> (Tensor<D>, Tensor<1>) {
     let w = w.detach();
-    if let Some((codes, gamma, device)) = ternary_host(&w) {
+    if let Some((codes, gamma, device)) = ternary_host(&w, false) {
         let codes = Tensor::from_data(TensorData::new(codes, w.dims()), &device);
         let gamma = Tensor::from_data(TensorData::new(vec![gamma], [1]), &device);
         return (codes, gamma);
@@ -55,12 +55,11 @@ fn absmax_host<const D: usize>(x: &Tensor<D>, qb: f32) -> Option<Tensor<D>> {
     // and ±inf rows propagate as in the tensor path's ops).
     const M: f32 = 12_582_912.0;
     for row in values.chunks_exact_mut(last) {
-        let amax = row.iter().fold(0f32, |m, v| {
-            let a = v.abs();
-            if a > m || a.is_nan() { a } else { m }
-        });
-        let amax = if amax.is_nan() {
-            amax
+        // `max` skips NaN and vectorizes; a NaN anywhere makes the row's amax NaN, as through
+        // the tensor ops' `max_dim`.
+        let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let amax = if row.iter().any(|v| v.is_nan()) {
+            f32::NAN
         } else {
             amax.max(BITNET_EPS)
         };
@@ -73,31 +72,57 @@ fn absmax_host<const D: usize>(x: &Tensor<D>, qb: f32) -> Option<Tensor<D>> {
     Some(Tensor::from_data(TensorData::new(values, dims), &device))
 }
 
-/// Flex fast path: the codes (as f32) and γ of `w` in one pass over a host copy, instead of
-/// nine tensor ops (the ternary layer's training step was 2.4× a float layer's). `|W|` is summed
-/// in f64, then `γ = max(sum / n, eps)` in f32; codes round half to even like `round`.
-fn ternary_host<const D: usize>(w: &Tensor<D>) -> Option<(Vec<f32>, f32, Device)> {
+/// Flex fast path: the codes (as f32; times γ when `scaled`) and γ of `w` in one pass over a
+/// host copy, instead of nine tensor ops (the ternary layer's training step was 2.4× a float
+/// layer's). `|W|` is summed in f64 (eight partial sums, added in a fixed order), then
+/// `γ = max(sum / n, eps)` in f32; codes round half to even like `round`.
+fn ternary_host<const D: usize>(w: &Tensor<D>, scaled: bool) -> Option<(Vec<f32>, f32, Device)> {
     let HostCopy { mut values, device } = HostCopy::of(w)?;
     if values.is_empty() {
         return None;
     }
-    let sum: f64 = values.iter().map(|v| v.abs() as f64).sum();
-    let gamma = ((sum / values.len() as f64) as f32).max(BITNET_EPS);
+    let gamma = ((abs_sum_f64(&values) / values.len() as f64) as f32).max(BITNET_EPS);
     // `(t + M) - M` with M = 1.5·2^23 rounds half to even (the FPU's mode) for |t| < 2^22, and
     // vectorizes, where `round_ties_even` is a libm call per element on baseline x86_64.
     // Clamping to ±2 first keeps |t| small and changes no code: round(±2) clamps to ±1 as
-    // round(anything beyond) does. NaN stays NaN, as through the tensor ops.
+    // round(anything beyond) does. NaN stays NaN, as through the tensor ops. `code·γ` is exact
+    // (the code is −1, 0 or 1), the value `codes * γ` gives through the tensor ops.
     const M: f32 = 12_582_912.0;
+    let unit = if scaled { gamma } else { 1.0 };
     for v in &mut values {
         let t = (*v / gamma).clamp(-2.0, 2.0);
-        *v = ((t + M) - M).clamp(-1.0, 1.0);
+        *v = ((t + M) - M).clamp(-1.0, 1.0) * unit;
     }
     Some((values, gamma, device))
+}
+
+/// `Σ|v|` in f64 with eight independent partial sums, combined in a fixed order: the same result
+/// on every run, and vectorizable, where one running sum is bound by the latency of each add (it
+/// was 80 % of the ternary weight pass).
+fn abs_sum_f64(values: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = values.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v.abs() as f64;
+        }
+    }
+    let mut sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for v in rest {
+        sum += v.abs() as f64;
+    }
+    sum
 }
 
 /// BitNet b1.58 weight: `clamp(round(W/γ), -1, 1)·γ` with `γ = mean|W|` per tensor; the
 /// gradient wrt `W` is the identity (STE).
 pub fn ternary_weight<const D: usize>(w: Tensor<D>) -> Tensor<D> {
+    // On Flex the host pass yields `code·γ` directly (one tensor op fewer per step).
+    if let Some((q, _, device)) = ternary_host(&w, true) {
+        let q = Tensor::from_data(TensorData::new(q, w.dims()), &device);
+        return straight_through(w, q);
+    }
     let (codes, gamma) = ternary_parts(w.clone());
     straight_through(w, codes * gamma.reshape([1; D]))
 }
@@ -192,24 +217,49 @@ mod tests {
                 }
             })
             .collect();
-        let x = burn::tensor::Tensor::cat(vec![x, t2(&ties, [1, 96], &d)], 0);
+        // Non-finite rows: a NaN in the middle (the row becomes NaN), an infinity.
+        let mut nan_row = vec![1.0f32; 96];
+        nan_row[40] = f32::NAN;
+        let mut inf_row = vec![-2.0f32; 96];
+        inf_row[7] = f32::INFINITY;
+        let x = burn::tensor::Tensor::cat(
+            vec![
+                x,
+                t2(&ties, [1, 96], &d),
+                t2(&nan_row, [1, 96], &d),
+                t2(&inf_row, [1, 96], &d),
+            ],
+            0,
+        );
         for bits in [8, 4] {
             let qb = (1_i32 << (bits - 1)) as f32;
             let a = vals(absmax_host(&x, qb).unwrap());
             let b = vals(absmax_ops(x.clone(), qb));
-            let bits_of = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert!(bits_of(&a) == bits_of(&b), "{bits}-bit activations differ");
+            // NaN payloads aside, the same bits (NaN rows compare as NaN on both sides).
+            let canon = |v: &[f32]| {
+                v.iter()
+                    .map(|f| if f.is_nan() { u32::MAX } else { f.to_bits() })
+                    .collect::<Vec<_>>()
+            };
+            assert!(canon(&a) == canon(&b), "{bits}-bit activations differ");
+            assert!(a[64 * 96 + 96..64 * 96 + 192].iter().all(|v| v.is_nan()));
         }
         // Ternary: the host codes are round-half-even(W/γ) clamped, γ = mean|W|.
         let w = vec![0.5f32, -1.5, 0.25, 2.0, -0.0, 0.75];
         let gamma = w.iter().map(|v| v.abs()).sum::<f32>() / 6.0; // 0.8333
-        let (codes, g, _) = ternary_host(&t1(&w, &d)).unwrap();
+        let (codes, g, _) = ternary_host(&t1(&w, &d), false).unwrap();
         assert!((g - gamma).abs() < 1e-7);
         let want: Vec<f32> = w
             .iter()
             .map(|v| (v / g).round_ties_even().clamp(-1.0, 1.0))
             .collect();
         assert_eq!(codes, want);
+        // The forward's scaled pass gives exactly `code·γ`, what the tensor path multiplies out.
+        let (q, g2, _) = ternary_host(&t1(&w, &d), true).unwrap();
+        assert_eq!(g2.to_bits(), g.to_bits());
+        let want_q: Vec<u32> = codes.iter().map(|c| (c * g).to_bits()).collect();
+        assert_eq!(q.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want_q);
+        assert_eq!(vals(ternary_weight(t1(&w, &d))), q);
     }
 
     #[test]
