@@ -2,9 +2,11 @@
 //!
 //! The MLP workloads of `quench bench` spend about half of a step in these four products (the
 //! forward and the two backward products of the 784-512-512-10 MLP at batch 128). Run with
-//! `RAYON_NUM_THREADS=1` and `=2` and compare: on the 2-vCPU VM of issue 7 both give the same
-//! GFLOP/s (about 80–100, near one core's AVX2 FMA peak), i.e. the two vCPUs share one core's
-//! floating-point units, and a step cannot get faster by splitting its matrix products.
+//! `RAYON_NUM_THREADS=1` and `=2` and compare. On the 2-vCPU VM of issue 7, while burn's `rayon`
+//! feature was off (quench's `default-features = false` had dropped it), both gave the same
+//! GFLOP/s: Flex called `gemm` without parallelism. With it on (the workspace now names it), two
+//! threads give 1.5–1.7× on three of the four shapes (the weight gradient, with k = 128, stays
+//! at about 40–50 GFLOP/s).
 //!
 //! `cargo run --release --example matmul_scaling`
 
