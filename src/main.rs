@@ -183,8 +183,8 @@ fn main() -> ExitCode {
 
 /// Makes glibc keep freed memory for reuse instead of handing it back to the kernel.
 ///
-/// A training step allocates and frees the same few large tensor buffers (activations, im2col
-/// matrices, gradients: 0.1–10 MB each) every step. With glibc's defaults, blocks above the
+/// A training step allocates and frees the same few large tensor buffers (activations,
+/// gradients, optimizer moments: 0.1–10 MB each) every step. With glibc's defaults, blocks above the
 /// dynamic mmap threshold are `mmap`ed and unmapped each time and the heap top is trimmed, so
 /// every step page-faults its buffers in again (zeroed by the kernel): `perf` put about 20 % of
 /// a LeNet-5 step in page-fault handling. A fixed 32 MiB mmap threshold (glibc's maximum on

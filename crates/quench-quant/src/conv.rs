@@ -30,6 +30,8 @@ use burn::tensor::module::{conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
+use crate::qparams::HostCopy;
+
 /// Geometry of one im2col gather, the key of the index cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Geometry {
@@ -103,9 +105,7 @@ pub fn conv2d_fast(
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
 ) -> Tensor<4> {
-    if !gemm_path_applies(&x, &weight, options.groups)
-        || std::env::var_os("QUENCH_BURN_CONV").is_some()
-    {
+    if !gemm_path_applies(&x, &weight, options.groups) {
         return conv2d(x, weight, bias, options);
     }
     let [batch, channels, h, w] = x.dims();
@@ -138,8 +138,8 @@ pub fn conv2d_fast(
     let cols = match (x.is_tracked(), geometry.unit_steps()) {
         // No gradient flows to `x` (the image batch, a frozen teacher, evaluation): build the
         // patch matrix on the host, a window row at a time.
-        (false, true) => match host_values(&x) {
-            Some(values) => Tensor::from_data(
+        (false, true) => match HostCopy::of(&x) {
+            Some(HostCopy { values, .. }) => Tensor::from_data(
                 TensorData::new(
                     im2col_host(&values, batch, &geometry),
                     [batch * ho * wo, patch],
@@ -260,8 +260,8 @@ const PARALLEL_MIN_VALUES: usize = 1 << 16;
 pub fn max_pool2x2(x: Tensor<4>) -> Tensor<4> {
     let [batch, channels, h, w] = x.dims();
     let (ho, wo) = (h / 2, w / 2);
-    let host = (ho > 0 && wo > 0).then(|| host_values(&x)).flatten();
-    let Some(values) = host else {
+    let host = (ho > 0 && wo > 0).then(|| HostCopy::of(&x)).flatten();
+    let Some(HostCopy { values, .. }) = host else {
         return max_pool2d(x, pool_options());
     };
     let idx = pool_argmax(&values, batch * channels, h, w);
@@ -270,18 +270,6 @@ pub fn max_pool2x2(x: Tensor<4>) -> Tensor<4> {
     x.reshape([batch * channels * h * w])
         .select(0, idx)
         .reshape([batch, channels, ho, wo])
-}
-
-/// The values of an f32 tensor on Flex (a host copy), else `None`.
-fn host_values<const D: usize>(x: &Tensor<D>) -> Option<Vec<f32>> {
-    if x.dtype() != DType::F32 || x.device() != Device::flex() {
-        return None;
-    }
-    x.clone()
-        .without_autodiff()
-        .into_data()
-        .try_into_vec::<f32>()
-        .ok()
 }
 
 /// Flat index of the maximum of every 2×2 window of `planes` row-major `h×w` planes.
