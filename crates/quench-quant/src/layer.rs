@@ -9,7 +9,7 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, PaddingConfig2d, RmsNorm, RmsNormConfig};
-use burn::tensor::module::{conv2d, linear};
+use burn::tensor::module::linear;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -481,7 +481,11 @@ impl QuantConv2d {
         let training = weight.is_require_grad();
         let x = self.ops.input(x, training, 1);
         let weight = self.ops.weight(weight, training);
-        conv2d(x, weight, c.bias.as_ref().map(|b| b.val()), options)
+        let bias = c.bias.as_ref().map(|b| b.val());
+        if std::env::var_os("QUENCH_BURN_CONV").is_some() {
+            return burn::tensor::module::conv2d(x, weight, bias, options);
+        }
+        crate::flexconv::conv2d(x, weight, bias, options)
     }
 }
 
@@ -545,11 +549,13 @@ mod tests {
                     .init(&device);
                 let expected = host(conv.forward(x.clone()));
                 let q = QuantConv2d::from_conv(conv, &LayerQuant::Float).unwrap();
-                assert_eq!(
-                    host(q.forward(x.clone())),
-                    expected,
-                    "{padding:?} stride {stride}"
-                );
+                // Same padding and shapes as burn's layer; the values agree up to summation
+                // order (stride 1 runs quench's host convolution, stride 2 burn's).
+                let got = host(q.forward(x.clone()));
+                assert_eq!(got.len(), expected.len(), "{padding:?} stride {stride}");
+                for (a, b) in got.iter().zip(&expected) {
+                    assert!((a - b).abs() <= 1e-5, "{padding:?} stride {stride}: {a} vs {b}");
+                }
             }
         }
     }
