@@ -4,7 +4,7 @@
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{PaddingConfig2d, Relu};
 use burn::prelude::*;
-use quench_quant::conv::max_pool2x2;
+use quench_quant::conv::{max_pool2x2, max_pool2x2_relu};
 use quench_quant::layer::{QuantConv2d, QuantLinear};
 
 use crate::ModelError;
@@ -149,11 +149,11 @@ impl ConvNet {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let [batch, _] = x.dims();
         let x = x.reshape([batch, 1, 28, 28]);
-        // Pooling before the ReLU is the same function with the same gradient (max commutes with
-        // a monotone map, and both give zero gradient where the window's maximum is ≤ 0), and
-        // the ReLU then runs on a quarter of the values.
-        let x = self.activation.forward(max_pool2x2(self.conv1.forward(x)));
-        let x = self.activation.forward(max_pool2x2(self.conv2.forward(x)));
+        // ReLU after pooling is the same function with the same gradient as before it (max
+        // commutes with a monotone map, and both give zero gradient where the window's maximum
+        // is ≤ 0); fused with the pool it is one pass over the conv output and one backward.
+        let x = max_pool2x2_relu(self.conv1.forward(x));
+        let x = max_pool2x2_relu(self.conv2.forward(x));
         let mut x = x.reshape([batch, self.flat]);
         let last = self.fcs.len() - 1;
         for (i, fc) in self.fcs.iter().enumerate() {

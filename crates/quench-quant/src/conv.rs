@@ -12,49 +12,234 @@
 //! version, `conv2d_fast`, only tied burn's `conv2d` in training and was removed when the
 //! custom autodiff op replaced it.) Other backends and dtypes take burn's pool unchanged.
 
+use std::sync::Arc;
+
+use burn::backend::Flex;
+use burn::backend::tensor::FloatTensor;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::NoCheckpointing;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
 
-use crate::qparams::HostCopy;
+use crate::flexconv::{self, Ad, Input};
 
 /// 2×2 max pooling with stride 2 (floor), burn's `max_pool2d` semantics (the first maximum of
-/// a window in row-major order wins, NaN wins over numbers). On Flex the arg-max of every window
-/// is found in one host pass and the output is one `select` of those positions, so the backward
-/// is one scatter of the output gradient, not burn's generic 3-d window loop.
+/// a window in row-major order wins, NaN wins over numbers). On Flex (f32) one host pass finds
+/// every window's arg-max and writes the output, recorded as one autodiff node whose backward
+/// puts each output gradient on its window's arg-max; elsewhere burn's `max_pool2d`.
 pub fn max_pool2x2(x: Tensor<4>) -> Tensor<4> {
-    let [batch, channels, h, w] = x.dims();
-    let (ho, wo) = (h / 2, w / 2);
-    let host = (ho > 0 && wo > 0).then(|| HostCopy::of(&x)).flatten();
-    let Some(HostCopy { values, .. }) = host else {
-        return max_pool2d(x, pool_options());
-    };
-    let idx = pool_argmax(&values, batch * channels, h, w);
-    let n = idx.len();
-    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &x.device());
-    x.reshape([batch * channels * h * w])
-        .select(0, idx)
-        .reshape([batch, channels, ho, wo])
+    pool(x, false)
 }
 
-/// Flat index of the maximum of every 2×2 window of `planes` row-major `h×w` planes.
-fn pool_argmax(values: &[f32], planes: usize, h: usize, w: usize) -> Vec<i64> {
-    let (ho, wo) = (h / 2, w / 2);
-    let mut idx = Vec::with_capacity(planes * ho * wo);
-    for p in 0..planes {
-        for oy in 0..ho {
-            let start = p * h * w + 2 * oy * w;
-            let (top, bottom) = values[start..start + 2 * w].split_at(w);
-            // Pairs of columns; a trailing odd column is dropped (floor), as `chunks_exact` does.
-            let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
-            idx.extend(windows.enumerate().map(|(ox, (t, b))| {
-                let k = window_argmax([t[0], t[1], b[0], b[1]]);
-                (start + (k / 2) * w + 2 * ox + k % 2) as i64
-            }));
+/// `relu(max_pool2x2(x))` in one pass (and one backward pass), with burn Flex's ReLU semantics:
+/// NaN passes, and the gradient is zero where the output is not `> 0` (and not NaN). Pooling
+/// first is the same function as `max_pool2x2(relu(x))` with the same gradient: max commutes
+/// with the monotone ReLU, and both give zero gradient where the window's maximum is ≤ 0.
+pub fn max_pool2x2_relu(x: Tensor<4>) -> Tensor<4> {
+    pool(x, true)
+}
+
+fn pool(x: Tensor<4>, relu: bool) -> Tensor<4> {
+    let [batch, channels, h, w] = x.dims();
+    let fallback = |x: Tensor<4>| {
+        let y = max_pool2d(x, pool_options());
+        if relu { burn::tensor::activation::relu(y) } else { y }
+    };
+    // Gradient routes are u32 indices (BLOCKED = u32::MAX is reserved).
+    let too_large = batch * channels * h * w >= BLOCKED as usize;
+    if h < 2 || w < 2 || too_large || x.dtype() != DType::F32 || x.device() != Device::flex() {
+        return fallback(x);
+    }
+    let shape = PoolShape {
+        planes: batch * channels,
+        h,
+        w,
+        dims: [batch, channels, h / 2, w / 2],
+        relu,
+    };
+    #[cfg(test)]
+    tests::HOST_CALLS.with(|n| n.set(n.get() + 1));
+    match flexconv::primitive(x.clone()) {
+        Some(Input::Plain(p)) => Tensor::from_primitive::<Flex>(pool_forward(&p, &shape).0),
+        Some(Input::Tracked(t)) => Tensor::from_primitive::<Ad>(record_pool(t, shape)),
+        None => fallback(x),
+    }
+}
+
+/// Sizes of one pooling: `planes` row-major `h×w` input planes, output `dims`.
+#[derive(Debug, Clone, Copy)]
+struct PoolShape {
+    planes: usize,
+    h: usize,
+    w: usize,
+    dims: [usize; 4],
+    relu: bool,
+}
+
+impl PoolShape {
+    fn outputs(&self) -> usize {
+        self.dims.iter().product()
+    }
+}
+
+/// Output gradient routing of one pooling: per output, the flat input index its gradient goes
+/// to, or [`BLOCKED`] where the fused ReLU zeroes it.
+#[derive(Debug, Clone)]
+struct PoolRouting {
+    to: Arc<Vec<u32>>,
+    inputs: usize,
+    input_dims: [usize; 4],
+}
+
+const BLOCKED: u32 = u32::MAX;
+
+#[derive(Debug)]
+struct PoolBackward;
+
+impl Backward<Flex, 1> for PoolBackward {
+    type State = PoolRouting;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let Some(node) = node else { return };
+        let dy = flexconv::contiguous(&dy);
+        let dy = flexconv::slice(&dy);
+        let routing = ops.state;
+        let mut dx = vec![0.0f32; routing.inputs];
+        // Windows do not overlap, so every input receives at most one output's gradient.
+        for (&to, &g) in routing.to.iter().zip(dy) {
+            if to != BLOCKED {
+                dx[to as usize] = g;
+            }
+        }
+        let dx = FlexTensor::from_data(TensorData::new(dx, routing.input_dims));
+        grads.register::<Flex>(node.id, dx);
+    }
+}
+
+fn record_pool(x: FloatTensor<Ad>, shape: PoolShape) -> FloatTensor<Ad> {
+    let (y, to) = pool_forward(x.primitive(), &shape);
+    match PoolBackward
+        .prepare::<NoCheckpointing>([x.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let [b, c, _, _] = shape.dims;
+            let routing = PoolRouting {
+                to: Arc::new(to),
+                inputs: shape.planes * shape.h * shape.w,
+                input_dims: [b, c, shape.h, shape.w],
+            };
+            prep.finish(routing, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+/// The pooled (and, if fused, rectified) output and each output's gradient routing.
+fn pool_forward(x: &FlexTensor, s: &PoolShape) -> (FlexTensor, Vec<u32>) {
+    let x = flexconv::contiguous(x);
+    let values = flexconv::slice(&x);
+    let (ho, wo) = (s.h / 2, s.w / 2);
+    let mut y = vec![0.0f32; s.outputs()];
+    let mut to = vec![0u32; s.outputs()];
+    let plane_pass = |p: usize, y: &mut [f32], to: &mut [u32]| pool_plane(values, p, s, y, to);
+    let per_plane = ho * wo;
+    if s.outputs() >= PARALLEL_MIN_OUTPUTS {
+        y.par_chunks_mut(per_plane)
+            .zip(to.par_chunks_mut(per_plane))
+            .enumerate()
+            .for_each(|(p, (y, to))| plane_pass(p, y, to));
+    } else {
+        for (p, (y, to)) in y
+            .chunks_mut(per_plane)
+            .zip(to.chunks_mut(per_plane))
+            .enumerate()
+        {
+            plane_pass(p, y, to);
         }
     }
-    idx
+    (FlexTensor::from_data(TensorData::new(y, s.dims)), to)
 }
+
+/// [`pool_rows`] for plane `p`, compiled for AVX2 when the CPU has it (the window loop
+/// vectorizes; the baseline x86-64 target has only 4-lane SSE).
+fn pool_plane(values: &[f32], p: usize, s: &PoolShape, y: &mut [f32], to: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { pool_rows_avx2(values, p, s, y, to) };
+        return;
+    }
+    pool_rows(values, p, s, y, to);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn pool_rows_avx2(values: &[f32], p: usize, s: &PoolShape, y: &mut [f32], to: &mut [u32]) {
+    pool_rows(values, p, s, y, to);
+}
+
+/// Every output row of plane `p`: the window maxima (rectified if fused) into `y`, each one's
+/// gradient routing into `to`. A row whose inputs are all finite takes branch-free selects
+/// that vectorize across windows; a row with NaN or ±inf takes [`window_argmax`]'s literal rule.
+#[inline(always)]
+fn pool_rows(values: &[f32], p: usize, s: &PoolShape, y: &mut [f32], to: &mut [u32]) {
+    let (h, w) = (s.h, s.w);
+    let (ho, wo) = (h / 2, w / 2);
+    for oy in 0..ho {
+        let start = p * h * w + 2 * oy * w;
+        // Pairs of columns; a trailing odd column is dropped (floor), as burn's pool does.
+        let top = &values[start..start + 2 * wo];
+        let bottom = &values[start + w..start + w + 2 * wo];
+        let (y, to) = (&mut y[oy * wo..][..wo], &mut to[oy * wo..][..wo]);
+        let exponent = 0x7f80_0000u32;
+        let non_finite = top
+            .iter()
+            .chain(bottom)
+            .fold(false, |any, v| any | (v.to_bits() & exponent == exponent));
+        if non_finite {
+            for (ox, (yv, tv)) in y.iter_mut().zip(to.iter_mut()).enumerate() {
+                let v = [top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1]];
+                let k = window_argmax(v);
+                let m = v[k];
+                let pass = !s.relu || m.is_nan() || m > 0.0;
+                *yv = if pass { m } else { 0.0 };
+                *tv = if pass {
+                    (start + (k / 2) * w + 2 * ox + k % 2) as u32
+                } else {
+                    BLOCKED
+                };
+            }
+            continue;
+        }
+        let (start, w) = (start as u32, w as u32);
+        let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+        for (ox, ((t, b), (yv, tv))) in windows.zip(y.iter_mut().zip(to.iter_mut())).enumerate() {
+            // The first maximum in row-major order, as `window_argmax` for finite values.
+            let (m01, c01) = if t[1] > t[0] { (t[1], 1) } else { (t[0], 0) };
+            let (m23, c23) = if b[1] > b[0] { (b[1], 1) } else { (b[0], 0) };
+            let (m, row, col) = if m23 > m01 { (m23, w, c23) } else { (m01, 0, c01) };
+            let pass = !s.relu || m > 0.0;
+            *yv = if pass { m } else { 0.0 };
+            *tv = if pass {
+                start + row + 2 * ox as u32 + col
+            } else {
+                BLOCKED
+            };
+        }
+    }
+}
+
+/// Below this many outputs the pool runs on the calling thread only.
+const PARALLEL_MIN_OUTPUTS: usize = 1 << 16;
 
 /// Position (row-major, 0..4) of the maximum of one window: the first of equal maxima, or the
 /// last NaN. Branch-free selects on the common path (where the arg-max is data-dependent and a
@@ -97,6 +282,49 @@ mod tests {
             })
             .collect();
         Tensor::from_data(TensorData::new(v, dims), &Device::flex().autodiff())
+    }
+
+    thread_local! {
+        /// Poolings that reached the host path's dispatch on this thread.
+        pub(super) static HOST_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    #[test]
+    fn fused_relu_matches_burn_relu_of_pool() {
+        // Random windows plus hand-made ones: all negative (output 0, no gradient), a zero
+        // maximum (burn's ReLU passes no gradient at 0), NaN (passes), ties.
+        #[rustfmt::skip]
+        let hand = vec![
+            -1.0f32, -2.0,   0.0, -1.0,   f32::NAN, 1.0,   2.0, 2.0,
+            -3.0,    -0.5,  -4.0, -0.0,   3.0,      4.0,   2.0, 1.0,
+        ];
+        let random = rand4([2, 3, 6, 7], 9).inner().into_data().try_to_vec::<f32>().unwrap();
+        for (values, dims) in [(hand, [1, 1, 2, 8]), (random, [2, 3, 6, 7])] {
+            let run = |fused: bool| {
+                let d = Device::flex().autodiff();
+                let xt = Tensor::<4>::from_data(TensorData::new(values.clone(), dims), &d)
+                    .require_grad();
+                let before = HOST_CALLS.with(|n| n.get());
+                let y = if fused {
+                    max_pool2x2_relu(xt.clone())
+                } else {
+                    burn::tensor::activation::relu(max_pool2d(xt.clone(), pool_options()))
+                };
+                assert_eq!(HOST_CALLS.with(|n| n.get()) - before, usize::from(fused));
+                let g = rand4(y.dims(), 10).inner();
+                let g = Tensor::<4>::from_data(g.into_data(), &d);
+                let grads = (y.clone() * g).sum().backward();
+                let y = y.inner().into_data().try_to_vec::<f32>().unwrap();
+                let gx = xt.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+                (y, gx)
+            };
+            let (y0, g0) = run(false);
+            let (y1, g1) = run(true);
+            // Bit for bit, NaN included.
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y1), bits(&y0));
+            assert_eq!(bits(&g1), bits(&g0));
+        }
     }
 
     #[test]

@@ -39,7 +39,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 /// The autodiff backend quench's training tensors live on (no gradient checkpointing).
-type Ad = Autodiff<Flex, NoCheckpointing>;
+pub(crate) type Ad = Autodiff<Flex, NoCheckpointing>;
 
 /// Sizes of one convolution (stride and dilation 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,13 +133,13 @@ fn geometry(
 }
 
 /// One input's routing: its Flex value, and its autodiff tensor when autodiff is on.
-enum Input {
+pub(crate) enum Input {
     Plain(FlexTensor),
     Tracked(FloatTensor<Ad>),
 }
 
-/// Splits `t` into its primitive: `Ok(None)` means "not on Flex, or checkpointed" (use burn).
-fn primitive<const D: usize>(t: Tensor<D>) -> Option<Input> {
+/// Splits `t` into its primitive; `None`: not on Flex, or checkpointed (use burn's op).
+pub(crate) fn primitive<const D: usize>(t: Tensor<D>) -> Option<Input> {
     let d: DispatchTensor = t.into_dispatch();
     match d.autodiff {
         DispatchAutodiffContext::Disabled => {
@@ -274,7 +274,7 @@ fn record(
 }
 
 /// The f32 values of `t` in row-major order: borrowed when contiguous, else one copy.
-fn contiguous(t: &FlexTensor) -> FlexTensor {
+pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
     if t.as_slice::<f32>().is_some() {
         t.clone()
     } else {
@@ -282,7 +282,7 @@ fn contiguous(t: &FlexTensor) -> FlexTensor {
     }
 }
 
-fn slice(t: &FlexTensor) -> &[f32] {
+pub(crate) fn slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
         .unwrap_or_else(|| unreachable!("made contiguous f32 by `contiguous`"))
 }
@@ -380,7 +380,7 @@ fn backward(x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, g: &Geometry, need:
                 }
                 if need.db {
                     for (acc, row) in db.iter_mut().zip(dyb.chunks_exact(p)) {
-                        *acc += row.iter().sum::<f32>();
+                        *acc += lane_sum(row);
                     }
                 }
                 if need.dx {
@@ -415,6 +415,20 @@ fn backward(x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, g: &Geometry, need:
     });
     let dx = need.dx.then(|| flex(dx, [g.batch, g.channels, g.h, g.w]));
     (dx, dw, db)
+}
+
+/// Sum of `v` in 8 interleaved partial sums (a single running sum is a serial chain of
+/// dependent adds that cannot vectorize), combined at the end.
+fn lane_sum(v: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let mut blocks = v.chunks_exact(8);
+    for block in &mut blocks {
+        for (l, x) in lanes.iter_mut().zip(block) {
+            *l += x;
+        }
+    }
+    let tail: f32 = blocks.remainder().iter().sum();
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// A read-only matrix view: `rows × cols` with element `(r, c)` at `r·row_stride + c·col_stride`.
@@ -509,6 +523,24 @@ fn padded<'a>(x: &'a [f32], g: &Geometry, buf: &'a mut Vec<f32>) -> &'a [f32] {
 /// The patch matrix `[C·Kh·Kw, Ho·Wo]` of one padded sample `xp` ([`padded`]): row
 /// `(c, ky, kx)` holds, for every output pixel, the input under that kernel tap.
 fn im2col(xp: &[f32], g: &Geometry, cols: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { im2col_avx2(xp, g, cols) };
+        return;
+    }
+    im2col_body(xp, g, cols);
+}
+
+/// [`im2col`] with 8-lane copies (the baseline x86-64 target has only SSE).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn im2col_avx2(xp: &[f32], g: &Geometry, cols: &mut [f32]) {
+    im2col_body(xp, g, cols);
+}
+
+#[inline(always)]
+fn im2col_body(xp: &[f32], g: &Geometry, cols: &mut [f32]) {
     let (p, hp, wp) = (g.pixels(), g.ho + g.kh - 1, g.wo + g.kw - 1);
     for c in 0..g.channels {
         let plane = &xp[c * hp * wp..][..hp * wp];
@@ -557,6 +589,24 @@ fn copy_run(dst: &mut [f32], src: &[f32]) {
 /// position it was read from. `dx` is `[C, H, W]`, zeroed by the caller; `buf` is scratch for
 /// the padded frame.
 fn col2im(cols: &[f32], g: &Geometry, dx: &mut [f32], buf: &mut Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { col2im_avx2(cols, g, dx, buf) };
+        return;
+    }
+    col2im_body(cols, g, dx, buf);
+}
+
+/// [`col2im`] with 8-lane adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn col2im_avx2(cols: &[f32], g: &Geometry, dx: &mut [f32], buf: &mut Vec<f32>) {
+    col2im_body(cols, g, dx, buf);
+}
+
+#[inline(always)]
+fn col2im_body(cols: &[f32], g: &Geometry, dx: &mut [f32], buf: &mut Vec<f32>) {
     let (p, hp, wp) = (g.pixels(), g.ho + g.kh - 1, g.wo + g.kw - 1);
     let direct = g.pad_top == 0 && g.pad_left == 0 && hp == g.h && wp == g.w;
     if !direct {
