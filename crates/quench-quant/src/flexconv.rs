@@ -23,6 +23,7 @@
 //! wgpu/CUDA runs are untouched. Results equal burn's up to float summation order (tests:
 //! values and all three gradients against burn's op, and against finite differences).
 
+use burn::backend::TensorMetadata;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
     Autodiff, DispatchAutodiffContext, DispatchKindConversion, DispatchTensor, Flex,
@@ -196,6 +197,61 @@ fn host_conv(
     let (x, w) = (tracked(x), tracked(w));
     let b = b.map(tracked);
     Tensor::from_primitive::<Ad>(record(x, w, b, g))
+}
+
+/// `y = q` with `dy/dx = keep` (1.0 where a fake-quantized code was in range, 0.0 where it was
+/// clamped) as one autodiff node on Flex: the clipped straight-through estimator without the
+/// three tracked ops (`x·keep`, a subtraction, an add) of the op-by-op form. The backward is
+/// `dy·keep` elementwise, the same product burn's `mul` backward forms, so the gradient bits are
+/// unchanged. `Err(keep)` hands the mask back when `x` is not a tracked Flex f32 tensor.
+pub(crate) fn masked_straight_through<const D: usize>(
+    x: Tensor<D>,
+    q: Tensor<D>,
+    keep: Vec<f32>,
+) -> Result<Tensor<D>, Vec<f32>> {
+    if x.dtype() != DType::F32 || keep.len() != q.shape().num_elements() {
+        return Err(keep);
+    }
+    let q = match primitive(q) {
+        Some(Input::Plain(q)) => q,
+        _ => return Err(keep),
+    };
+    let x = match primitive(x) {
+        Some(Input::Tracked(x)) => x,
+        _ => return Err(keep),
+    };
+    #[cfg(test)]
+    tests::MASK_CALLS.with(|n| n.set(n.get() + 1));
+    let out = match MaskedIdentity
+        .prepare::<NoCheckpointing>([x.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(std::sync::Arc::new(keep), q),
+        OpsKind::UnTracked(prep) => prep.finish(q),
+    };
+    Ok(Tensor::from_primitive::<Ad>(out))
+}
+
+#[derive(Debug)]
+struct MaskedIdentity;
+
+impl Backward<Flex, 1> for MaskedIdentity {
+    type State = std::sync::Arc<Vec<f32>>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let Some(node) = node else { return };
+        let shape = dy.shape();
+        let dy = contiguous(&dy);
+        let dx: Vec<f32> = slice(&dy)
+            .iter()
+            .zip(ops.state.iter())
+            .map(|(g, k)| g * k)
+            .collect();
+        grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, shape)));
+    }
 }
 
 /// The recorded operation. Parents: input, weight, bias (a zero constant when there is none).
@@ -640,7 +696,7 @@ fn col2im_body(cols: &[f32], g: &Geometry, dx: &mut [f32], buf: &mut Vec<f32>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::cell::Cell;
 
     use burn::tensor::Tolerance;
@@ -651,6 +707,8 @@ mod tests {
         /// Convolutions that took the host path on this thread (so a test cannot pass by
         /// silently falling back to burn's op).
         pub(super) static HOST_CALLS: Cell<usize> = const { Cell::new(0) };
+        /// Clipped straight-throughs recorded as one node on this thread.
+        pub(crate) static MASK_CALLS: Cell<usize> = const { Cell::new(0) };
     }
 
     fn host_calls() -> usize {

@@ -76,7 +76,20 @@ pub(crate) fn fake_quantize_affine_with<const D: usize>(
     let tracked = x.is_tracked();
     let fused = cpu::fake_quantize(&x, host, &scale, zero_point.as_ref(), qmin, qmax, tracked);
     let (q, in_range) = match fused {
-        Some((q, keep)) => (q, keep.map(InRange::Float)),
+        Some((q, Some(keep))) => {
+            // One recorded node whose backward multiplies by the mask, instead of the three
+            // tracked ops of `clipped_straight_through` (same value, same gradient bits).
+            let dims = q.dims();
+            match crate::flexconv::masked_straight_through(x.clone(), q.clone(), keep) {
+                Ok(y) => return y,
+                Err(keep) => {
+                    let device = q.device();
+                    let keep = Tensor::from_data(burn::tensor::TensorData::new(keep, dims), &device);
+                    (q, Some(InRange::Float(keep)))
+                }
+            }
+        }
+        Some((q, None)) => (q, None),
         None => {
             let (raw, codes) =
                 raw_and_codes(x.clone(), scale.clone(), zero_point.clone(), qmin, qmax);
@@ -239,8 +252,8 @@ mod cpu {
 
     use crate::qparams::HostCopy;
 
-    /// The fake-quantized `x` and (if `with_mask`) its in-range mask as 1.0/0.0, as plain
-    /// tensors; `None` when not applicable (another backend or dtype, or scales varying along
+    /// The fake-quantized `x` as a plain tensor and (if `with_mask`) its in-range mask as
+    /// 1.0/0.0 in `x`'s row-major order; `None` when not applicable (another backend or dtype, or scales varying along
     /// more than one axis), for the op-by-op path.
     pub(super) fn fake_quantize<const D: usize>(
         x: &Tensor<D>,
@@ -250,7 +263,7 @@ mod cpu {
         qmin: i32,
         qmax: i32,
         with_mask: bool,
-    ) -> Option<(Tensor<D>, Option<Tensor<D>>)> {
+    ) -> Option<(Tensor<D>, Option<Vec<f32>>)> {
         if x.dtype() != DType::F32 || scale.dtype() != DType::F32 || x.device() != Device::flex() {
             return None;
         }
@@ -296,8 +309,7 @@ mod cpu {
             }
         }
         let q = Tensor::from_data(TensorData::new(values, dims), &device);
-        let keep = with_mask.then(|| Tensor::from_data(TensorData::new(keep, dims), &device));
-        Some((q, keep))
+        Some((q, with_mask.then_some(keep)))
     }
 
     /// `(channels, inner)` when the scale shape `s` broadcasts onto `x` along at most one axis:
@@ -748,7 +760,7 @@ pub(crate) mod tests {
                 assert_eq!(bits(q.clone()), bits(q_alone), "without the mask");
                 assert_eq!(bits(q), bits(want_q), "values, scale {:?}", scale.dims());
                 assert_eq!(
-                    vals(keep.unwrap()),
+                    keep.unwrap(),
                     want_keep,
                     "mask, scale {:?}",
                     scale.dims()
@@ -759,6 +771,39 @@ pub(crate) mod tests {
         let x3 = Tensor::<3>::zeros([2, 3, 4], &d);
         let s3 = Tensor::<3>::ones([2, 1, 4], &d);
         assert!(cpu::fake_quantize(&x3, None, &s3, None, -8, 7, true).is_none());
+    }
+
+    #[test]
+    fn recorded_mask_node_equals_the_op_by_op_straight_through() {
+        // The custom autodiff node (Flex) against `clipped_straight_through`'s three tracked
+        // ops: the same values and the same gradient bits, with an upstream gradient of mixed
+        // signs (so clamped positions get -0.0 or 0.0 alike in both).
+        let d = ad();
+        let n = 257;
+        let xs: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.11).collect();
+        let gs: Vec<f32> = (0..n).map(|i| ((i * 53 % 29) as f32 - 14.0) * 0.7).collect();
+        let s = t1(&[0.35], &d).without_autodiff();
+        let run = |recorded: bool| {
+            let x = t1(&xs, &d).require_grad();
+            let y = if recorded {
+                let calls = || crate::flexconv::tests::MASK_CALLS.with(|n| n.get());
+                let before = calls();
+                let y = fake_quantize_affine(x.clone(), s.clone(), None, -8, 7);
+                assert_eq!(calls(), before + 1, "recorded as one node");
+                y
+            } else {
+                let (raw, codes) = raw_and_codes(x.clone(), s.clone(), None, -8, 7);
+                let keep = InRange::Bool(raw.equal(codes.clone()));
+                clipped_straight_through(x.clone(), codes * s.clone(), keep)
+            };
+            let grads = (y.clone() * t1(&gs, &d)).sum().backward();
+            let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            (bits(vals(y)), bits(vals(x.grad(&grads).unwrap())))
+        };
+        let (a, b) = (run(true), run(false));
+        assert_eq!(a.0, b.0, "values");
+        assert_eq!(a.1, b.1, "gradients");
+        assert!(a.1.contains(&0.0f32.to_bits()) && a.1.contains(&(-0.0f32).to_bits()));
     }
 
     #[test]
