@@ -4,8 +4,9 @@
 //! without SubLN) — plus mask application to a 512×512 weight and the KD loss
 //! (T = 4, α = 0.9) forward + backward on 128×10 logits; and the minimal reproduction of the
 //! conv-net bottleneck: LeNet-5's two convolutions and a 2×2 max-pool, forward + backward at
-//! batch 128, with burn's `conv2d` / `max_pool2d` against quench's `conv2d_fast` /
-//! `max_pool2x2` (`conv_*`, `pool_*`).
+//! batch 128, with burn's `conv2d` / `max_pool2d` against quench's host convolution
+//! (`quench_quant::flexconv::conv2d`, a custom autodiff op) / `max_pool2x2` (`conv_*`,
+//! `pool_*`).
 //!
 //! `cargo bench --bench hot_paths -- --warm-up-time 1 --measurement-time 3`
 
@@ -153,12 +154,13 @@ fn bench_mask_and_kd(c: &mut Criterion) {
     });
 }
 
-/// burn's `conv2d` / `max_pool2d` against quench's GEMM convolution and arg-max pool, on
+/// burn's `conv2d` / `max_pool2d` against quench's host convolution and arg-max pool, on
 /// LeNet-5's shapes (batch 128), forward + backward with the input tracked as in conv2.
 fn bench_conv(c: &mut Criterion) {
     use burn::tensor::module::{conv2d, max_pool2d};
     use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
-    use quench_quant::conv::{conv2d_fast, max_pool2x2};
+    use quench_quant::conv::max_pool2x2;
+    use quench_quant::flexconv::conv2d as host_conv2d;
 
     let ad = Device::flex().autodiff();
     ad.seed(0);
@@ -182,7 +184,7 @@ fn bench_conv(c: &mut Criterion) {
                     };
                     let w = w.clone().require_grad();
                     let y = if fast {
-                        conv2d_fast(x.clone(), w.clone(), None, options.clone())
+                        host_conv2d(x.clone(), w.clone(), None, options.clone())
                     } else {
                         conv2d(x.clone(), w.clone(), None, options.clone())
                     };
@@ -213,7 +215,7 @@ fn bench_conv(c: &mut Criterion) {
             c.bench_function(&label, |b| {
                 b.iter(|| {
                     let y = if fast {
-                        conv2d_fast(x.clone(), w.clone(), None, options.clone())
+                        host_conv2d(x.clone(), w.clone(), None, options.clone())
                     } else {
                         conv2d(x.clone(), w.clone(), None, options.clone())
                     };

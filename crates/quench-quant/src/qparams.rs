@@ -297,10 +297,18 @@ impl HostCopy {
         if x.dtype() != DType::F32 || x.device() != Device::flex() {
             return None;
         }
-        let x = x.clone().without_autodiff();
-        let device = x.device();
-        let values = x.into_data().try_into_vec::<f32>().ok()?;
-        Some(Self { values, device })
+        // One copy straight from Flex's buffer (`into_data` of a shared tensor copies, and
+        // `TensorData::try_into_vec` may copy again to realign the bytes).
+        let p = match crate::flexconv::primitive(x.clone())? {
+            crate::flexconv::Input::Plain(p) => p,
+            crate::flexconv::Input::Tracked(t) => t.into_primitive(),
+        };
+        let p = crate::flexconv::contiguous(&p);
+        let values = p.as_slice::<f32>()?.to_vec();
+        Some(Self {
+            values,
+            device: Device::flex(),
+        })
     }
 }
 
