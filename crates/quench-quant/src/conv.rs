@@ -48,7 +48,11 @@ fn pool(x: Tensor<4>, relu: bool) -> Tensor<4> {
     let [batch, channels, h, w] = x.dims();
     let fallback = |x: Tensor<4>| {
         let y = max_pool2d(x, pool_options());
-        if relu { burn::tensor::activation::relu(y) } else { y }
+        if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        }
     };
     // Gradient routes are u32 indices (BLOCKED = u32::MAX is reserved).
     let too_large = batch * channels * h * w >= BLOCKED as usize;
@@ -207,7 +211,12 @@ fn pool_rows(values: &[f32], p: usize, s: &PoolShape, y: &mut [f32], to: &mut [u
             .fold(false, |any, v| any | (v.to_bits() & exponent == exponent));
         if non_finite {
             for (ox, (yv, tv)) in y.iter_mut().zip(to.iter_mut()).enumerate() {
-                let v = [top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1]];
+                let v = [
+                    top[2 * ox],
+                    top[2 * ox + 1],
+                    bottom[2 * ox],
+                    bottom[2 * ox + 1],
+                ];
                 let k = window_argmax(v);
                 let m = v[k];
                 let pass = !s.relu || m.is_nan() || m > 0.0;
@@ -226,7 +235,11 @@ fn pool_rows(values: &[f32], p: usize, s: &PoolShape, y: &mut [f32], to: &mut [u
             // The first maximum in row-major order, as `window_argmax` for finite values.
             let (m01, c01) = if t[1] > t[0] { (t[1], 1) } else { (t[0], 0) };
             let (m23, c23) = if b[1] > b[0] { (b[1], 1) } else { (b[0], 0) };
-            let (m, row, col) = if m23 > m01 { (m23, w, c23) } else { (m01, 0, c01) };
+            let (m, row, col) = if m23 > m01 {
+                (m23, w, c23)
+            } else {
+                (m01, 0, c01)
+            };
             let pass = !s.relu || m > 0.0;
             *yv = if pass { m } else { 0.0 };
             *tv = if pass {
@@ -298,7 +311,11 @@ mod tests {
             -1.0f32, -2.0,   0.0, -1.0,   f32::NAN, 1.0,   2.0, 2.0,
             -3.0,    -0.5,  -4.0, -0.0,   3.0,      4.0,   2.0, 1.0,
         ];
-        let random = rand4([2, 3, 6, 7], 9).inner().into_data().try_to_vec::<f32>().unwrap();
+        let random = rand4([2, 3, 6, 7], 9)
+            .inner()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         for (values, dims) in [(hand, [1, 1, 2, 8]), (random, [2, 3, 6, 7])] {
             let run = |fused: bool| {
                 let d = Device::flex().autodiff();
@@ -315,7 +332,12 @@ mod tests {
                 let g = Tensor::<4>::from_data(g.into_data(), &d);
                 let grads = (y.clone() * g).sum().backward();
                 let y = y.inner().into_data().try_to_vec::<f32>().unwrap();
-                let gx = xt.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+                let gx = xt
+                    .grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap();
                 (y, gx)
             };
             let (y0, g0) = run(false);

@@ -233,6 +233,56 @@ pub(crate) fn masked_straight_through<const D: usize>(
     Ok(Tensor::from_primitive::<Ad>(out))
 }
 
+/// `y = q` with `dy/dx = 1` as one autodiff node on Flex (the straight-through estimator): no
+/// tensor ops in the forward, the upstream gradient handed on unchanged (as burn's `add` and
+/// `sub` backward do). `Err` returns the inputs when `x` is not a tracked Flex f32 tensor.
+pub(crate) fn identity_straight_through<const D: usize>(
+    x: Tensor<D>,
+    q: Tensor<D>,
+) -> Result<Tensor<D>, (Tensor<D>, Tensor<D>)> {
+    let applies = x.dtype() == DType::F32
+        && q.dtype() == DType::F32
+        && x.shape() == q.shape()
+        && x.device() == Device::flex()
+        && q.device() == Device::flex()
+        && x.is_tracked();
+    if !applies {
+        return Err((x, q));
+    }
+    let (qp, xp) = (primitive(q.clone()), primitive(x.clone()));
+    let (q, x) = match (qp, xp) {
+        (Some(Input::Plain(q)), Some(Input::Tracked(x))) => (q, x),
+        (Some(Input::Tracked(q)), Some(Input::Tracked(x))) => (q.into_primitive(), x),
+        _ => return Err((x, q)),
+    };
+    #[cfg(test)]
+    tests::IDENTITY_CALLS.with(|n| n.set(n.get() + 1));
+    let out = match Identity
+        .prepare::<NoCheckpointing>([x.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((), q),
+        OpsKind::UnTracked(prep) => prep.finish(q),
+    };
+    Ok(Tensor::from_primitive::<Ad>(out))
+}
+
+#[derive(Debug)]
+struct Identity;
+
+impl Backward<Flex, 1> for Identity {
+    type State = ();
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        if let Some(node) = node {
+            grads.register::<Flex>(node.id, dy);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct MaskedIdentity;
 
@@ -301,10 +351,7 @@ fn record(
 ) -> FloatTensor<Ad> {
     let has_bias = b.is_some();
     let b = b.unwrap_or_else(|| {
-        FloatTensor::<Ad>::new(FlexTensor::zeros(
-            Shape::new([g.out_channels]),
-            DType::F32,
-        ))
+        FloatTensor::<Ad>::new(FlexTensor::zeros(Shape::new([g.out_channels]), DType::F32))
     });
     let out = forward(
         x.primitive(),
@@ -466,9 +513,9 @@ fn backward(x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, g: &Geometry, need:
     let dw = need
         .dw
         .then(|| flex(sum(|p| &p.0, co * k), [co, g.channels, g.kh, g.kw]));
-    let db = need.db.then(|| {
-        FlexTensor::from_data(TensorData::new(sum(|p| &p.1, co), [co]))
-    });
+    let db = need
+        .db
+        .then(|| FlexTensor::from_data(TensorData::new(sum(|p| &p.1, co), [co])));
     let dx = need.dx.then(|| flex(dx, [g.batch, g.channels, g.h, g.w]));
     (dx, dw, db)
 }
@@ -709,6 +756,8 @@ pub(crate) mod tests {
         pub(super) static HOST_CALLS: Cell<usize> = const { Cell::new(0) };
         /// Clipped straight-throughs recorded as one node on this thread.
         pub(crate) static MASK_CALLS: Cell<usize> = const { Cell::new(0) };
+        /// Straight-throughs recorded as one identity node on this thread.
+        pub(crate) static IDENTITY_CALLS: Cell<usize> = const { Cell::new(0) };
     }
 
     fn host_calls() -> usize {
@@ -909,7 +958,8 @@ pub(crate) mod tests {
         let host = conv2d(x.clone(), w.clone(), Some(bias.clone()), opts.clone());
         assert_eq!(host_calls(), before + 1);
         let reference = burn_conv2d(x, w, Some(bias), opts);
-        host.into_data().assert_approx_eq(&reference.into_data(), tol);
+        host.into_data()
+            .assert_approx_eq(&reference.into_data(), tol);
     }
 
     #[test]
@@ -939,8 +989,18 @@ pub(crate) mod tests {
         let grads = (y * Tensor::<4>::from_data(g.clone().into_data(), &ad))
             .sum()
             .backward();
-        let analytic_w = wt.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
-        let analytic_b = bt.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let analytic_w = wt
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let analytic_b = bt
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         let (w, b) = (
             w0.into_data().try_to_vec::<f32>().unwrap(),
             b0.into_data().try_to_vec::<f32>().unwrap(),
@@ -982,6 +1042,9 @@ pub(crate) mod tests {
             let grads = loss.backward();
             xt.grad(&grads).unwrap().into_data()
         };
-        run(true).assert_approx_eq(&run(false), Tolerance::<f32>::relative(1e-4).set_absolute(1e-4));
+        run(true).assert_approx_eq(
+            &run(false),
+            Tolerance::<f32>::relative(1e-4).set_absolute(1e-4),
+        );
     }
 }

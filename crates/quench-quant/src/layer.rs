@@ -554,7 +554,10 @@ mod tests {
                 let got = host(q.forward(x.clone()));
                 assert_eq!(got.len(), expected.len(), "{padding:?} stride {stride}");
                 for (a, b) in got.iter().zip(&expected) {
-                    assert!((a - b).abs() <= 1e-5, "{padding:?} stride {stride}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-5,
+                        "{padding:?} stride {stride}: {a} vs {b}"
+                    );
                 }
             }
         }

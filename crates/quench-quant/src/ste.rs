@@ -1,11 +1,14 @@
 //! Straight-through estimators: the one place where quench decides what gradient a
-//! non-differentiable quantizer has. Everything is built from burn ops, so burn's autodiff gives
-//! the gradients documented here without a custom backward op.
+//! non-differentiable quantizer has. They are built from burn ops, so burn's autodiff gives the
+//! gradients documented here; on Flex the two hottest ones are recorded as single autodiff nodes
+//! instead (`crate::flexconv`: [`straight_through`], and the clipped estimator of the fused
+//! fake-quant), with the same values and gradient bits and none of the forward ops.
 //!
 //! Two value-exact tricks are used throughout:
-//! * `q.detach() + (x - x.detach())` has the value of `q` *exactly* (the second term is `0.0`)
-//!   and the gradient of `x`. The textbook `x + (q - x).detach()` has the same gradient but its
-//!   value can be one ulp off `q`, which would break bit-exact integer export.
+//! * `q.detach() + (x - x.detach())` has the value of `q` *exactly* (the second term is `0.0`;
+//!   only a `-0.0` in `q` becomes `0.0`) and the gradient of `x`. The textbook
+//!   `x + (q - x).detach()` has the same gradient but its value can be one ulp off `q`, which
+//!   would break bit-exact integer export.
 //! * `x.detach() + (x·g - (x·g).detach())` has the value of `x` exactly and `g` times its gradient.
 
 use burn::tensor::{Bool, DType, Tensor};
@@ -13,8 +16,14 @@ use burn::tensor::{Bool, DType, Tensor};
 use crate::qparams::HostCopy;
 
 /// Forward `q`, backward the identity to `x` (the straight-through estimator in its general form).
+///
+/// On Flex a tracked `x` gets one recorded node (value `q`, gradient handed on unchanged)
+/// instead of the two tracked ops of `q.detach() + (x - x.detach())`; same value and gradient.
 pub fn straight_through<const D: usize>(x: Tensor<D>, q: Tensor<D>) -> Tensor<D> {
-    q.detach() + (x.clone() - x.detach())
+    match crate::flexconv::identity_straight_through(x, q) {
+        Ok(y) => y,
+        Err((x, q)) => q.detach() + (x.clone() - x.detach()),
+    }
 }
 
 /// Rounds half-to-even in the forward pass and passes the gradient straight through.
@@ -84,7 +93,8 @@ pub(crate) fn fake_quantize_affine_with<const D: usize>(
                 Ok(y) => return y,
                 Err(keep) => {
                     let device = q.device();
-                    let keep = Tensor::from_data(burn::tensor::TensorData::new(keep, dims), &device);
+                    let keep =
+                        Tensor::from_data(burn::tensor::TensorData::new(keep, dims), &device);
                     (q, Some(InRange::Float(keep)))
                 }
             }
@@ -759,12 +769,7 @@ pub(crate) mod tests {
                 let q = vals(q);
                 assert_eq!(bits(q.clone()), bits(q_alone), "without the mask");
                 assert_eq!(bits(q), bits(want_q), "values, scale {:?}", scale.dims());
-                assert_eq!(
-                    keep.unwrap(),
-                    want_keep,
-                    "mask, scale {:?}",
-                    scale.dims()
-                );
+                assert_eq!(keep.unwrap(), want_keep, "mask, scale {:?}", scale.dims());
             }
         }
         // scales along two axes are left to the op-by-op path
@@ -774,14 +779,48 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn recorded_identity_node_equals_the_op_by_op_straight_through() {
+        let d = ad();
+        let xs: Vec<f32> = (0..100).map(|i| (i as f32 - 50.0) * 0.037).collect();
+        let gs: Vec<f32> = (0..100)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.5)
+            .collect();
+        let run = |recorded: bool| {
+            let x = t1(&xs, &d).require_grad();
+            let q = (x.clone().detach() * 3.0).round() / 3.0;
+            let y = if recorded {
+                let calls = || crate::flexconv::tests::IDENTITY_CALLS.with(|n| n.get());
+                let before = calls();
+                let y = straight_through(x.clone(), q);
+                assert_eq!(calls(), before + 1, "recorded as one node");
+                y
+            } else {
+                q.detach() + (x.clone() - x.clone().detach())
+            };
+            let grads = (y.clone() * t1(&gs, &d)).sum().backward();
+            let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            (vals(y), bits(vals(x.grad(&grads).unwrap())))
+        };
+        let (node, ops) = (run(true), run(false));
+        // Equal values; the node returns `q` itself, where `q + (x − x)` turns a −0.0 into 0.0.
+        assert_eq!(node.0, ops.0);
+        assert!(node.0.iter().any(|v| v.to_bits() == (-0.0f32).to_bits()));
+        assert_eq!(node.1, ops.1, "gradient bits");
+    }
+
+    #[test]
     fn recorded_mask_node_equals_the_op_by_op_straight_through() {
         // The custom autodiff node (Flex) against `clipped_straight_through`'s three tracked
         // ops: the same values and the same gradient bits, with an upstream gradient of mixed
         // signs (so clamped positions get -0.0 or 0.0 alike in both).
         let d = ad();
         let n = 257;
-        let xs: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.11).collect();
-        let gs: Vec<f32> = (0..n).map(|i| ((i * 53 % 29) as f32 - 14.0) * 0.7).collect();
+        let xs: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.11)
+            .collect();
+        let gs: Vec<f32> = (0..n)
+            .map(|i| ((i * 53 % 29) as f32 - 14.0) * 0.7)
+            .collect();
         let s = t1(&[0.35], &d).without_autodiff();
         let run = |recorded: bool| {
             let x = t1(&xs, &d).require_grad();
