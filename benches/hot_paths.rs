@@ -5,7 +5,7 @@
 //! (T = 4, α = 0.9) forward + backward on 128×10 logits; and the minimal reproduction of the
 //! conv-net bottleneck: LeNet-5's two convolutions and a 2×2 max-pool, forward + backward at
 //! batch 128, with burn's `conv2d` / `max_pool2d` against quench's host convolution
-//! (`quench_quant::flexconv::conv2d`, a custom autodiff op) / `max_pool2x2` (`conv_*`,
+//! (`quench_quant::flexops::conv2d`, a custom autodiff op) / `max_pool2x2` (`conv_*`,
 //! `pool_*`).
 //!
 //! `cargo bench --bench hot_paths -- --warm-up-time 1 --measurement-time 3`
@@ -160,7 +160,7 @@ fn bench_conv(c: &mut Criterion) {
     use burn::tensor::module::{conv2d, max_pool2d};
     use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
     use quench_quant::conv::max_pool2x2;
-    use quench_quant::flexconv::conv2d as host_conv2d;
+    use quench_quant::flexops::conv2d as host_conv2d;
 
     let ad = Device::flex().autodiff();
     ad.seed(0);

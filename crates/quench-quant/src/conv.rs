@@ -8,7 +8,7 @@
 //! backward: 5.7 ms with burn's op, 3.5 ms with this one (`cargo bench --bench hot_paths --
 //! pool`, 1 thread); values and gradients equal burn's, ties and NaN included.
 //!
-//! The convolution itself is [`crate::flexconv`]. (An earlier im2col + `select` + burn-matmul
+//! The convolution itself is [`crate::flexops`]. (An earlier im2col + `select` + burn-matmul
 //! version, `conv2d_fast`, only tied burn's `conv2d` in training and was removed when the
 //! custom autodiff op replaced it.) Other backends and dtypes take burn's pool unchanged.
 
@@ -26,7 +26,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::flexconv::{self, Ad, Input};
+use crate::flexops::{self, Ad, Input};
 
 /// 2×2 max pooling with stride 2 (floor), burn's `max_pool2d` semantics (the first maximum of
 /// a window in row-major order wins, NaN wins over numbers). On Flex (f32) one host pass finds
@@ -68,7 +68,7 @@ fn pool(x: Tensor<4>, relu: bool) -> Tensor<4> {
     };
     #[cfg(test)]
     tests::HOST_CALLS.with(|n| n.set(n.get() + 1));
-    match flexconv::primitive(x.clone()) {
+    match flexops::primitive(x.clone()) {
         Some(Input::Plain(p)) => Tensor::from_primitive::<Flex>(pool_forward(&p, &shape).0),
         Some(Input::Tracked(t)) => Tensor::from_primitive::<Ad>(record_pool(t, shape)),
         None => fallback(x),
@@ -112,8 +112,8 @@ impl Backward<Flex, 1> for PoolBackward {
         let [node] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
         let Some(node) = node else { return };
-        let dy = flexconv::contiguous(&dy);
-        let dy = flexconv::slice(&dy);
+        let dy = flexops::contiguous(&dy);
+        let dy = flexops::slice(&dy);
         let routing = ops.state;
         let mut dx = vec![0.0f32; routing.inputs];
         // Windows do not overlap, so every input receives at most one output's gradient.
@@ -149,8 +149,8 @@ fn record_pool(x: FloatTensor<Ad>, shape: PoolShape) -> FloatTensor<Ad> {
 
 /// The pooled (and, if fused, rectified) output and each output's gradient routing.
 fn pool_forward(x: &FlexTensor, s: &PoolShape) -> (FlexTensor, Vec<u32>) {
-    let x = flexconv::contiguous(x);
-    let values = flexconv::slice(&x);
+    let x = flexops::contiguous(x);
+    let values = flexops::slice(&x);
     let (ho, wo) = (s.h / 2, s.w / 2);
     let mut y = vec![0.0f32; s.outputs()];
     let mut to = vec![0u32; s.outputs()];

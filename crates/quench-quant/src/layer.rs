@@ -485,7 +485,7 @@ impl QuantConv2d {
         if std::env::var_os("QUENCH_BURN_CONV").is_some() {
             return burn::tensor::module::conv2d(x, weight, bias, options);
         }
-        crate::flexconv::conv2d(x, weight, bias, options)
+        crate::flexops::conv2d(x, weight, bias, options)
     }
 }
 

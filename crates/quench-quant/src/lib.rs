@@ -3,7 +3,7 @@
 
 pub mod conv;
 pub mod error;
-pub mod flexconv;
+pub mod flexops;
 pub mod kernel;
 pub mod layer;
 pub mod observer;

@@ -299,11 +299,11 @@ impl HostCopy {
         }
         // One copy straight from Flex's buffer (`into_data` of a shared tensor copies, and
         // `TensorData::try_into_vec` may copy again to realign the bytes).
-        let p = match crate::flexconv::primitive(x.clone())? {
-            crate::flexconv::Input::Plain(p) => p,
-            crate::flexconv::Input::Tracked(t) => t.into_primitive(),
+        let p = match crate::flexops::primitive(x.clone())? {
+            crate::flexops::Input::Plain(p) => p,
+            crate::flexops::Input::Tracked(t) => t.into_primitive(),
         };
-        let p = crate::flexconv::contiguous(&p);
+        let p = crate::flexops::contiguous(&p);
         let values = p.as_slice::<f32>()?.to_vec();
         Some(Self {
             values,

@@ -1,7 +1,7 @@
 //! Straight-through estimators: the one place where quench decides what gradient a
 //! non-differentiable quantizer has. They are built from burn ops, so burn's autodiff gives the
 //! gradients documented here; on Flex the two hottest ones are recorded as single autodiff nodes
-//! instead (`crate::flexconv`: [`straight_through`], and the clipped estimator of the fused
+//! instead (`crate::flexops`: [`straight_through`], and the clipped estimator of the fused
 //! fake-quant), with the same values and gradient bits and none of the forward ops.
 //!
 //! Two value-exact tricks are used throughout:
@@ -20,7 +20,7 @@ use crate::qparams::HostCopy;
 /// On Flex a tracked `x` gets one recorded node (value `q`, gradient handed on unchanged)
 /// instead of the two tracked ops of `q.detach() + (x - x.detach())`; same value and gradient.
 pub fn straight_through<const D: usize>(x: Tensor<D>, q: Tensor<D>) -> Tensor<D> {
-    match crate::flexconv::identity_straight_through(x, q) {
+    match crate::flexops::identity_straight_through(x, q) {
         Ok(y) => y,
         Err((x, q)) => q.detach() + (x.clone() - x.detach()),
     }
@@ -89,7 +89,7 @@ pub(crate) fn fake_quantize_affine_with<const D: usize>(
             // One recorded node whose backward multiplies by the mask, instead of the three
             // tracked ops of `clipped_straight_through` (same value, same gradient bits).
             let dims = q.dims();
-            match crate::flexconv::masked_straight_through(x.clone(), q.clone(), keep) {
+            match crate::flexops::masked_straight_through(x.clone(), q.clone(), keep) {
                 Ok(y) => return y,
                 Err(keep) => {
                     let device = q.device();
@@ -789,7 +789,7 @@ pub(crate) mod tests {
             let x = t1(&xs, &d).require_grad();
             let q = (x.clone().detach() * 3.0).round() / 3.0;
             let y = if recorded {
-                let calls = || crate::flexconv::tests::IDENTITY_CALLS.with(|n| n.get());
+                let calls = || crate::flexops::tests::IDENTITY_CALLS.with(|n| n.get());
                 let before = calls();
                 let y = straight_through(x.clone(), q);
                 assert_eq!(calls(), before + 1, "recorded as one node");
@@ -825,7 +825,7 @@ pub(crate) mod tests {
         let run = |recorded: bool| {
             let x = t1(&xs, &d).require_grad();
             let y = if recorded {
-                let calls = || crate::flexconv::tests::MASK_CALLS.with(|n| n.get());
+                let calls = || crate::flexops::tests::MASK_CALLS.with(|n| n.get());
                 let before = calls();
                 let y = fake_quantize_affine(x.clone(), s.clone(), None, -8, 7);
                 assert_eq!(calls(), before + 1, "recorded as one node");

@@ -1,6 +1,12 @@
-//! 2-d convolution on the CPU (Flex) backend as a custom autodiff operation: im2col into a
-//! per-sample buffer that stays in cache, one GEMM per sample for the forward and for each
-//! backward product, samples split over rayon. Used by [`crate::layer::QuantConv2d`].
+//! Custom autodiff operations on the CPU (Flex) backend, where a step's time went into burn ops
+//! that a single host pass can replace:
+//!
+//! * [`conv2d`]: 2-d convolution as im2col into a per-sample buffer that stays in cache, one
+//!   GEMM per sample for the forward and for each backward product, samples split over rayon.
+//!   Used by [`crate::layer::QuantConv2d`].
+//! * the straight-through estimators of [`crate::ste`] (an identity node, and the clipped one
+//!   of the fused fake-quant, whose backward multiplies by the in-range mask), and the fused
+//!   2×2 max-pool + ReLU of [`crate::conv`], which use the plumbing here.
 //!
 //! **Why by hand.** burn Flex's `conv2d` and its two backward ops were about half of a LeNet-5
 //! training step (`perf`: `conv3d_f32`, `conv_transpose3d_f32`, and `copy_2d_tiled` for the
@@ -17,7 +23,7 @@
 //! one node with [`burn_autodiff`]'s `Backward` trait (as burn's own ops do), whose backward
 //! computes only the gradients the graph needs (none for an image batch, say).
 //!
-//! **Scope.** f32, stride 1, dilation 1, one group, on Flex, with autodiff disabled or without
+//! **Scope of the convolution.** f32, stride 1, dilation 1, one group, on Flex, with autodiff disabled or without
 //! gradient checkpointing (what quench's training uses). Anything else — another backend or
 //! dtype, strides, groups, a checkpointing strategy — goes to burn's `conv2d` unchanged, so
 //! wgpu/CUDA runs are untouched. Results equal burn's up to float summation order (tests:
