@@ -1,16 +1,19 @@
-//! 2×2 max-pooling for the CPU (Flex) backend as one host arg-max pass and one `select`, used
-//! by the conv nets.
+//! 2×2 max-pooling for the CPU (Flex) backend, alone or fused with the ReLU that follows it,
+//! used by the conv nets.
 //!
 //! Flex's `max_pool2d` evaluates a generic 3-d window per output and its backward is a generic
-//! scatter; `perf` put it at 14 % of a LeNet-5 training step. [`max_pool2x2`] finds each
-//! window's arg-max in one branch-free host pass and gathers those positions with `select`,
-//! whose backward is one scatter of the output gradient. LeNet-5's pool (128×6×28×28), forward +
-//! backward: 5.7 ms with burn's op, 3.5 ms with this one (`cargo bench --bench hot_paths --
-//! pool`, 1 thread); values and gradients equal burn's, ties and NaN included.
+//! scatter; `perf` put it at 14 % of a LeNet-5 training step. [`max_pool2x2`] and
+//! [`max_pool2x2_relu`] find each window's arg-max in one host pass (branch-free, vectorized
+//! across windows, AVX2 when present) that also writes the output, and record one autodiff node
+//! (`crate::flexops` plumbing) whose backward puts each output gradient on its window's
+//! arg-max. Values and gradients equal burn's `max_pool2d` (and `relu` after it) bit for bit,
+//! ties and NaN included (tests). An earlier version gathered the arg-max positions with
+//! `select` (5.7 → 3.5 ms for LeNet-5's pool); the recorded node drops the index tensor, the
+//! gather and its scatter backward, and the separate ReLU pass.
 //!
-//! The convolution itself is [`crate::flexops`]. (An earlier im2col + `select` + burn-matmul
-//! version, `conv2d_fast`, only tied burn's `conv2d` in training and was removed when the
-//! custom autodiff op replaced it.) Other backends and dtypes take burn's pool unchanged.
+//! The convolution itself is [`crate::flexops::conv2d`]. (An earlier im2col + `select` +
+//! burn-matmul version, `conv2d_fast`, only tied burn's `conv2d` in training and was removed
+//! when the custom autodiff op replaced it.) Other backends and dtypes take burn's ops.
 
 use std::sync::Arc;
 

@@ -241,11 +241,11 @@ pub(crate) fn masked_straight_through<const D: usize>(
 
 /// `y = q` with `dy/dx = 1` as one autodiff node on Flex (the straight-through estimator): no
 /// tensor ops in the forward, the upstream gradient handed on unchanged (as burn's `add` and
-/// `sub` backward do). `Err` returns the inputs when `x` is not a tracked Flex f32 tensor.
+/// `sub` backward do). `None` when `x` is not a tracked Flex f32 tensor.
 pub(crate) fn identity_straight_through<const D: usize>(
-    x: Tensor<D>,
-    q: Tensor<D>,
-) -> Result<Tensor<D>, (Tensor<D>, Tensor<D>)> {
+    x: &Tensor<D>,
+    q: &Tensor<D>,
+) -> Option<Tensor<D>> {
     let applies = x.dtype() == DType::F32
         && q.dtype() == DType::F32
         && x.shape() == q.shape()
@@ -253,13 +253,12 @@ pub(crate) fn identity_straight_through<const D: usize>(
         && q.device() == Device::flex()
         && x.is_tracked();
     if !applies {
-        return Err((x, q));
+        return None;
     }
-    let (qp, xp) = (primitive(q.clone()), primitive(x.clone()));
-    let (q, x) = match (qp, xp) {
-        (Some(Input::Plain(q)), Some(Input::Tracked(x))) => (q, x),
-        (Some(Input::Tracked(q)), Some(Input::Tracked(x))) => (q.into_primitive(), x),
-        _ => return Err((x, q)),
+    let (q, x) = match (primitive(q.clone())?, primitive(x.clone())?) {
+        (Input::Plain(q), Input::Tracked(x)) => (q, x),
+        (Input::Tracked(q), Input::Tracked(x)) => (q.into_primitive(), x),
+        _ => return None,
     };
     #[cfg(test)]
     tests::IDENTITY_CALLS.with(|n| n.set(n.get() + 1));
@@ -271,7 +270,7 @@ pub(crate) fn identity_straight_through<const D: usize>(
         OpsKind::Tracked(prep) => prep.finish((), q),
         OpsKind::UnTracked(prep) => prep.finish(q),
     };
-    Ok(Tensor::from_primitive::<Ad>(out))
+    Some(Tensor::from_primitive::<Ad>(out))
 }
 
 #[derive(Debug)]
@@ -507,21 +506,24 @@ fn backward(x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, g: &Geometry, need:
             (dw, db)
         })
         .collect();
-    let sum = |pick: fn(&(Vec<f32>, Vec<f32>)) -> &Vec<f32>, len: usize| {
+    // The tasks' partial sums, added in task order (deterministic).
+    let sum = |parts: Vec<&Vec<f32>>, len: usize| {
         let mut total = vec![0.0f32; len];
-        for part in &partials {
-            for (t, v) in total.iter_mut().zip(pick(part)) {
+        for part in parts {
+            for (t, v) in total.iter_mut().zip(part) {
                 *t += v;
             }
         }
         total
     };
-    let dw = need
-        .dw
-        .then(|| flex(sum(|p| &p.0, co * k), [co, g.channels, g.kh, g.kw]));
-    let db = need
-        .db
-        .then(|| FlexTensor::from_data(TensorData::new(sum(|p| &p.1, co), [co])));
+    let dw = need.dw.then(|| {
+        let parts = partials.iter().map(|p| &p.0).collect();
+        flex(sum(parts, co * k), [co, g.channels, g.kh, g.kw])
+    });
+    let db = need.db.then(|| {
+        let parts = partials.iter().map(|p| &p.1).collect();
+        FlexTensor::from_data(TensorData::new(sum(parts, co), [co]))
+    });
     let dx = need.dx.then(|| flex(dx, [g.batch, g.channels, g.h, g.w]));
     (dx, dw, db)
 }

@@ -20,9 +20,9 @@ use crate::qparams::HostCopy;
 /// On Flex a tracked `x` gets one recorded node (value `q`, gradient handed on unchanged)
 /// instead of the two tracked ops of `q.detach() + (x - x.detach())`; same value and gradient.
 pub fn straight_through<const D: usize>(x: Tensor<D>, q: Tensor<D>) -> Tensor<D> {
-    match crate::flexops::identity_straight_through(x, q) {
-        Ok(y) => y,
-        Err((x, q)) => q.detach() + (x.clone() - x.detach()),
+    match crate::flexops::identity_straight_through(&x, &q) {
+        Some(y) => y,
+        None => q.detach() + (x.clone() - x.detach()),
     }
 }
 
