@@ -285,20 +285,7 @@ fn pool_options() -> MaxPoolOptions<2> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rand4(dims: [usize; 4], seed: u64) -> Tensor<4> {
-        let n: usize = dims.iter().product();
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect();
-        Tensor::from_data(TensorData::new(v, dims), &Device::flex().autodiff())
-    }
+    use crate::flexops::tests::rand4;
 
     thread_local! {
         /// Poolings that reached the host path's dispatch on this thread.

@@ -772,7 +772,8 @@ pub(crate) mod tests {
         HOST_CALLS.with(Cell::get)
     }
 
-    fn rand4(dims: [usize; 4], seed: u64) -> Tensor<4> {
+    /// Deterministic values in [-1, 1) on the autodiff device (xorshift).
+    pub(crate) fn rand4(dims: [usize; 4], seed: u64) -> Tensor<4> {
         let n: usize = dims.iter().product();
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let v: Vec<f32> = (0..n)
