@@ -481,11 +481,8 @@ impl QuantConv2d {
         let training = weight.is_require_grad();
         let x = self.ops.input(x, training, 1);
         let weight = self.ops.weight(weight, training);
-        let bias = c.bias.as_ref().map(|b| b.val());
-        if std::env::var_os("QUENCH_BURN_CONV").is_some() {
-            return burn::tensor::module::conv2d(x, weight, bias, options);
-        }
-        crate::flexops::conv2d(x, weight, bias, options)
+        // burn's `conv2d` semantics; a custom autodiff op on Flex (see `flexops`).
+        crate::flexops::conv2d(x, weight, c.bias.as_ref().map(|b| b.val()), options)
     }
 }
 
