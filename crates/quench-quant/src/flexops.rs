@@ -298,14 +298,45 @@ impl Backward<Flex, 1> for MaskedIdentity {
         let [node] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
         let Some(node) = node else { return };
-        let shape = dy.shape();
-        let dy = contiguous(&dy);
-        let dx: Vec<f32> = slice(&dy)
-            .iter()
-            .zip(ops.state.iter())
-            .map(|(g, k)| g * k)
-            .collect();
-        grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, shape)));
+        let keep = &ops.state[..];
+        // In place when the gradient buffer is not shared (the usual case), else into a copy.
+        let mut dy = contiguous(&dy);
+        let dx = match dy.try_storage_mut::<f32>() {
+            Some(values) if values.len() == keep.len() => {
+                mul_in_place(values, keep);
+                dy
+            }
+            _ => {
+                let mut values = slice(&dy).to_vec();
+                mul_in_place(&mut values, keep);
+                FlexTensor::from_data(TensorData::new(values, dy.shape()))
+            }
+        };
+        grads.register::<Flex>(node.id, dx);
+    }
+}
+
+/// `values[i] *= factors[i]`, AVX2 when the CPU has it.
+fn mul_in_place(values: &mut [f32], factors: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { mul_in_place_avx2(values, factors) };
+        return;
+    }
+    mul_in_place_body(values, factors);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn mul_in_place_avx2(values: &mut [f32], factors: &[f32]) {
+    mul_in_place_body(values, factors);
+}
+
+#[inline(always)]
+fn mul_in_place_body(values: &mut [f32], factors: &[f32]) {
+    for (v, f) in values.iter_mut().zip(factors) {
+        *v *= f;
     }
 }
 
