@@ -340,6 +340,70 @@ fn mul_in_place_body(values: &mut [f32], factors: &[f32]) {
     }
 }
 
+/// A plain (non-autodiff) Flex f32 tensor's buffer, owned for an in-place host update: no copy
+/// when nothing else holds the buffer (the usual case for an optimizer's parameter, gradient
+/// and moments), one copy otherwise. Reading through `TensorData` instead copied each operand
+/// once more to realign its bytes.
+pub struct HostBuffer {
+    tensor: FlexTensor,
+}
+
+impl HostBuffer {
+    /// The buffer of `t`, or `t` back unchanged when it is not a plain Flex f32 tensor.
+    pub fn take<const D: usize>(t: Tensor<D>) -> Result<Self, Box<Tensor<D>>> {
+        use burn::backend::{BackendTensor, DispatchTensorKind};
+        let d = t.into_dispatch();
+        let plain = d.autodiff == DispatchAutodiffContext::Disabled
+            && d.dtype() == DType::F32
+            && matches!(&d.kind, DispatchTensorKind::Flex(BackendTensor::Float(_)));
+        if !plain {
+            return Err(Box::new(Tensor::from_dispatch(d)));
+        }
+        match <DispatchTensor as DispatchKindConversion<Flex>>::try_into_backend(d) {
+            Ok(BackendTensor::Float(p)) => Ok(Self::own(p)),
+            _ => unreachable!("a plain Flex float tensor (checked above)"),
+        }
+    }
+
+    /// Zeros of `shape`.
+    pub fn zeros(shape: &[usize]) -> Self {
+        Self {
+            tensor: FlexTensor::zeros(Shape::from(shape.to_vec()), DType::F32),
+        }
+    }
+
+    /// `p` itself when it is unshared, contiguous and spans its whole buffer, else a copy.
+    fn own(p: FlexTensor) -> Self {
+        let whole = p
+            .as_slice::<f32>()
+            .is_some_and(|v| v.len() * 4 == p.bytes().len());
+        if p.is_unique() && whole {
+            return Self { tensor: p };
+        }
+        let values = slice(&contiguous(&p)).to_vec();
+        Self {
+            tensor: FlexTensor::from_data(TensorData::new(values, p.shape())),
+        }
+    }
+
+    /// The values, row-major.
+    pub fn values(&self) -> &[f32] {
+        slice(&self.tensor)
+    }
+
+    /// The values, row-major, to update in place.
+    pub fn values_mut(&mut self) -> &mut [f32] {
+        self.tensor
+            .try_storage_mut::<f32>()
+            .unwrap_or_else(|| unreachable!("an owned, whole, unshared buffer (see `own`)"))
+    }
+
+    /// The updated tensor (plain Flex).
+    pub fn into_tensor<const D: usize>(self) -> Tensor<D> {
+        Tensor::from_primitive::<Flex>(self.tensor)
+    }
+}
+
 /// The recorded operation. Parents: input, weight, bias (a zero constant when there is none).
 #[derive(Debug)]
 struct HostConvBackward;
@@ -1000,6 +1064,44 @@ pub(crate) mod tests {
         let reference = burn_conv2d(x, w, Some(bias), opts);
         host.into_data()
             .assert_approx_eq(&reference.into_data(), tol);
+    }
+
+    #[test]
+    fn host_buffer_updates_in_place_without_touching_shared_tensors() {
+        let d = Device::flex();
+        let t = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 2., 3., 4.], [2, 2]), &d);
+        // Shared: the update goes to a copy, the other holder keeps its values.
+        let other = t.clone();
+        let mut buffer = HostBuffer::take(t).unwrap_or_else(|_| panic!("plain Flex f32"));
+        buffer.values_mut()[0] = 10.0;
+        let updated: Tensor<2> = buffer.into_tensor();
+        assert_eq!(updated.dims(), [2, 2]);
+        assert_eq!(
+            updated.into_data().try_to_vec::<f32>().unwrap(),
+            vec![10.0, 2., 3., 4.]
+        );
+        assert_eq!(
+            other.clone().into_data().try_to_vec::<f32>().unwrap(),
+            vec![1.0, 2., 3., 4.]
+        );
+        // A transposed view is read in row-major order of the view.
+        let mut buffer =
+            HostBuffer::take(other.transpose()).unwrap_or_else(|_| panic!("plain Flex f32"));
+        assert_eq!(buffer.values(), &[1.0, 3., 2., 4.]);
+        buffer.values_mut()[3] = 0.5;
+        let back: Tensor<2> = buffer.into_tensor();
+        assert_eq!(
+            back.into_data().try_to_vec::<f32>().unwrap(),
+            vec![1.0, 3., 2., 0.5]
+        );
+        // Autodiff and non-f32 tensors come back unchanged.
+        let ad = rand4([1, 1, 2, 2], 5);
+        assert!(HostBuffer::take(ad).is_err());
+        let ints = Tensor::<2>::from_data(TensorData::new(vec![1.0f64, 2.], [1, 2]), &d);
+        if ints.dtype() != DType::F32 {
+            assert!(HostBuffer::take(ints).is_err());
+        }
+        assert_eq!(HostBuffer::zeros(&[2, 3]).values(), &[0.0; 6]);
     }
 
     #[test]

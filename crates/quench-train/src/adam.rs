@@ -15,6 +15,7 @@
 
 use burn::optim::{Adam, AdamConfig, AdamState, AdaptiveMomentumState, LearningRate, Optimizer};
 use burn::tensor::{DType, Device, Tensor, TensorData};
+use quench_quant::flexops::HostBuffer as Host;
 use rayon::prelude::*;
 
 /// burn's Adam hyper-parameters, with a fused host update on Flex.
@@ -76,7 +77,6 @@ impl FusedAdam {
         grad: Tensor<D>,
         state: Option<AdamState<D>>,
     ) -> (Tensor<D>, Option<AdamState<D>>) {
-        let device = tensor.device();
         let dims = tensor.dims();
         let n = dims.iter().product::<usize>();
         let mut p = host(tensor);
@@ -86,7 +86,7 @@ impl FusedAdam {
                 let mo = s.momentum;
                 (mo.time + 1, host(mo.moment_1), host(mo.moment_2))
             }
-            None => (1, vec![0.0; n], vec![0.0; n]),
+            None => (1, Host::zeros(&dims), Host::zeros(&dims)),
         };
         // The scalars exactly as burn's `AdaptiveMomentum::transform` computes them.
         let t = time as i32;
@@ -110,18 +110,22 @@ impl FusedAdam {
         // Large parameters are split over the pool: each value is independent, so the result
         // does not depend on the split.
         const CHUNK: usize = 1 << 15;
+        let (pv, gv) = (p.values_mut(), g.values());
+        let (mv, vv) = (m.values_mut(), v.values_mut());
         if n >= 4 * CHUNK {
-            p.par_chunks_mut(CHUNK)
-                .zip(g.par_chunks(CHUNK))
-                .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+            pv.par_chunks_mut(CHUNK)
+                .zip(gv.par_chunks(CHUNK))
+                .zip(mv.par_chunks_mut(CHUNK).zip(vv.par_chunks_mut(CHUNK)))
                 .for_each(|((p, g), (m, v))| kernel(p, g, m, v, &c));
         } else {
-            kernel(&mut p, &g, &mut m, &mut v, &c);
+            kernel(pv, gv, mv, vv, &c);
         }
-        let tensor =
-            |values: Vec<f32>| Tensor::<D>::from_data(TensorData::new(values, dims), &device);
-        let state = AdamState::new(AdaptiveMomentumState::new(time, tensor(m), tensor(v)));
-        (tensor(p), Some(state))
+        let state = AdamState::new(AdaptiveMomentumState::new(
+            time,
+            m.into_tensor(),
+            v.into_tensor(),
+        ));
+        (p.into_tensor(), Some(state))
     }
 }
 
@@ -195,13 +199,23 @@ fn update<const FIRST: bool, const DECAY: bool>(
     }
 }
 
-/// The values of an f32 tensor (moved out when its buffer is not shared).
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    // Cannot fail: `applies` checked that every operand is f32 (the only error is a dtype
-    // mismatch; misaligned bytes are copied by burn).
-    t.into_data()
-        .try_into_vec::<f32>()
-        .unwrap_or_else(|e| panic!("FusedAdam: f32 tensor data did not convert: {e:?}"))
+/// The host buffer of an f32 Flex tensor: updated in place when nothing else holds it.
+fn host<const D: usize>(t: Tensor<D>) -> Host {
+    match Host::take(t) {
+        Ok(buffer) => buffer,
+        // An autodiff-wrapped operand (not what the optimizer is given): through its data.
+        Err(t) => {
+            let t = *t;
+            let dims = t.dims();
+            // Cannot fail: `applies` checked that every operand is f32.
+            let values = t
+                .into_data()
+                .try_into_vec::<f32>()
+                .unwrap_or_else(|e| panic!("FusedAdam: f32 tensor data did not convert: {e:?}"));
+            let plain = Tensor::<D>::from_data(TensorData::new(values, dims), &Device::flex());
+            Host::take(plain).unwrap_or_else(|_| unreachable!("a plain Flex f32 tensor"))
+        }
+    }
 }
 
 impl Optimizer for FusedAdam {
