@@ -184,10 +184,10 @@ fn main() -> ExitCode {
 /// Makes glibc keep freed memory for reuse instead of handing it back to the kernel.
 ///
 /// A training step allocates and frees the same few large tensor buffers (activations,
-/// gradients, optimizer moments: 0.1–10 MB each) every step. With glibc's defaults, blocks above the
-/// dynamic mmap threshold are `mmap`ed and unmapped each time and the heap top is trimmed, so
-/// every step page-faults its buffers in again (zeroed by the kernel): `perf` put about 20 % of
-/// a LeNet-5 step in page-fault handling. A fixed 32 MiB mmap threshold (glibc's maximum on
+/// gradients, optimizer moments: 0.1–10 MB each) every step. With glibc's defaults, blocks
+/// above the dynamic mmap threshold are `mmap`ed and unmapped each time and the heap top is
+/// trimmed, so every step page-faults its buffers in again (zeroed by the kernel): `perf` put
+/// about 20 % of a LeNet-5 step in page-fault handling. A fixed 32 MiB mmap threshold (glibc's maximum on
 /// 64-bit) and a 1 GiB trim threshold keep those blocks in the heap. Memory stays bounded by the
 /// step's peak (the `rss_mb_*` figures of `quench bench` stay flat over 10 000 steps); it is just
 /// not returned between steps.

@@ -23,9 +23,8 @@ use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use burn_autodiff::checkpoint::base::Checkpointer;
-use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::ops::{Backward, Ops};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
@@ -63,7 +62,6 @@ fn pool(x: Tensor<4>, relu: bool) -> Tensor<4> {
         return fallback(x);
     }
     let shape = PoolShape {
-        planes: batch * channels,
         h,
         w,
         dims: [batch, channels, h / 2, w / 2],
@@ -78,10 +76,9 @@ fn pool(x: Tensor<4>, relu: bool) -> Tensor<4> {
     }
 }
 
-/// Sizes of one pooling: `planes` row-major `h×w` input planes, output `dims`.
+/// Sizes of one pooling: row-major `h×w` input planes, output `dims` (`[B, C, h/2, w/2]`).
 #[derive(Debug, Clone, Copy)]
 struct PoolShape {
-    planes: usize,
     h: usize,
     w: usize,
     dims: [usize; 4],
@@ -99,7 +96,6 @@ impl PoolShape {
 #[derive(Debug, Clone)]
 struct PoolRouting {
     to: Arc<Vec<u32>>,
-    inputs: usize,
     input_dims: [usize; 4],
 }
 
@@ -118,7 +114,7 @@ impl Backward<Flex, 1> for PoolBackward {
         let dy = flexops::contiguous(&dy);
         let dy = flexops::slice(&dy);
         let routing = ops.state;
-        let mut dx = vec![0.0f32; routing.inputs];
+        let mut dx = vec![0.0f32; routing.input_dims.iter().product()];
         // Windows do not overlap, so every input receives at most one output's gradient.
         for (&to, &g) in routing.to.iter().zip(dy) {
             if to != BLOCKED {
@@ -132,22 +128,11 @@ impl Backward<Flex, 1> for PoolBackward {
 
 fn record_pool(x: FloatTensor<Ad>, shape: PoolShape) -> FloatTensor<Ad> {
     let (y, to) = pool_forward(x.primitive(), &shape);
-    match PoolBackward
-        .prepare::<NoCheckpointing>([x.node()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let [b, c, _, _] = shape.dims;
-            let routing = PoolRouting {
-                to: Arc::new(to),
-                inputs: shape.planes * shape.h * shape.w,
-                input_dims: [b, c, shape.h, shape.w],
-            };
-            prep.finish(routing, y)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(y),
-    }
+    let [b, c, _, _] = shape.dims;
+    flexops::record_unary(PoolBackward, &x, y, || PoolRouting {
+        to: Arc::new(to),
+        input_dims: [b, c, shape.h, shape.w],
+    })
 }
 
 /// The pooled (and, if fused, rectified) output and each output's gradient routing.

@@ -23,8 +23,8 @@
 //! one node with [`burn_autodiff`]'s `Backward` trait (as burn's own ops do), whose backward
 //! computes only the gradients the graph needs (none for an image batch, say).
 //!
-//! **Scope of the convolution.** f32, stride 1, dilation 1, one group, on Flex, with autodiff disabled or without
-//! gradient checkpointing (what quench's training uses). Anything else — another backend or
+//! **Scope of the convolution.** f32, stride 1, dilation 1, one group, on Flex, with autodiff
+//! disabled or without gradient checkpointing (what quench's training uses). Anything else — another backend or
 //! dtype, strides, groups, a checkpointing strategy — goes to burn's `conv2d` unchanged, so
 //! wgpu/CUDA runs are untouched. Results equal burn's up to float summation order (tests:
 //! values and all three gradients against burn's op, and against finite differences).
@@ -79,6 +79,27 @@ impl Geometry {
     }
     fn out_sample(&self) -> usize {
         self.out_channels * self.pixels()
+    }
+    /// Height and width of the zero-padded frame the windows slide over: `Ho + Kh − 1`,
+    /// `Wo + Kw − 1` (stride 1).
+    fn frame(&self) -> (usize, usize) {
+        (self.ho + self.kh - 1, self.wo + self.kw - 1)
+    }
+    /// Whether the frame is the input itself (no padding on any side).
+    fn unpadded(&self) -> bool {
+        self.pad_top == 0 && self.pad_left == 0 && self.frame() == (self.h, self.w)
+    }
+    /// Where each input row lies in the frame: `(offset in the sample, offset in the frame,
+    /// length)` for every channel and row, in order.
+    fn frame_rows(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let (hp, wp) = self.frame();
+        let n = self.w.min(wp - self.pad_left);
+        (0..self.channels).flat_map(move |c| {
+            (0..self.h.min(hp - self.pad_top)).map(move |y| {
+                let frame = (c * hp + y + self.pad_top) * wp + self.pad_left;
+                ((c * self.h + y) * self.w, frame, n)
+            })
+        })
     }
 }
 
@@ -228,14 +249,7 @@ pub(crate) fn masked_straight_through<const D: usize>(
     };
     #[cfg(test)]
     tests::MASK_CALLS.with(|n| n.set(n.get() + 1));
-    let out = match MaskedIdentity
-        .prepare::<NoCheckpointing>([x.node()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(std::sync::Arc::new(keep), q),
-        OpsKind::UnTracked(prep) => prep.finish(q),
-    };
+    let out = record_unary(MaskedIdentity, &x, q, || std::sync::Arc::new(keep));
     Ok(Tensor::from_primitive::<Ad>(out))
 }
 
@@ -262,15 +276,26 @@ pub(crate) fn identity_straight_through<const D: usize>(
     };
     #[cfg(test)]
     tests::IDENTITY_CALLS.with(|n| n.set(n.get() + 1));
-    let out = match Identity
+    let out = record_unary(Identity, &x, q, || ());
+    Some(Tensor::from_primitive::<Ad>(out))
+}
+
+/// Records `out` as the result of the one-parent operation `op` on `x`; `state` (what the
+/// backward needs) is built only when the graph tracks `x`.
+pub(crate) fn record_unary<O: Backward<Flex, 1>>(
+    op: O,
+    x: &FloatTensor<Ad>,
+    out: FlexTensor,
+    state: impl FnOnce() -> O::State,
+) -> FloatTensor<Ad> {
+    match op
         .prepare::<NoCheckpointing>([x.node()])
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish((), q),
-        OpsKind::UnTracked(prep) => prep.finish(q),
-    };
-    Some(Tensor::from_primitive::<Ad>(out))
+        OpsKind::Tracked(prep) => prep.finish(state(), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
 }
 
 #[derive(Debug)]
@@ -476,7 +501,8 @@ fn record(
     }
 }
 
-/// The f32 values of `t` in row-major order: borrowed when contiguous, else one copy.
+/// `t` with a row-major layout: `t` itself (sharing its buffer) when it already has one, else a
+/// contiguous copy. [`slice`] then reads its values.
 pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
     if t.as_slice::<f32>().is_some() {
         t.clone()
@@ -485,6 +511,7 @@ pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
     }
 }
 
+/// The f32 values of a tensor made row-major by [`contiguous`].
 pub(crate) fn slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
         .unwrap_or_else(|| unreachable!("made contiguous f32 by `contiguous`"))
@@ -710,18 +737,14 @@ fn matmul(lhs: MatRef, rhs: MatRef, dst: &mut [f32], accumulate: bool) {
 /// every patch row is `Ho` full runs of `Wo` values: borrowed as is when there is no padding,
 /// else copied into `buf` with zero borders.
 fn padded<'a>(x: &'a [f32], g: &Geometry, buf: &'a mut Vec<f32>) -> &'a [f32] {
-    let (hp, wp) = (g.ho + g.kh - 1, g.wo + g.kw - 1);
-    if g.pad_top == 0 && g.pad_left == 0 && hp == g.h && wp == g.w {
+    if g.unpadded() {
         return x;
     }
+    let (hp, wp) = g.frame();
     buf.clear();
     buf.resize(g.channels * hp * wp, 0.0);
-    for c in 0..g.channels {
-        for y in 0..g.h.min(hp - g.pad_top) {
-            let n = g.w.min(wp - g.pad_left);
-            let dst = (c * hp + y + g.pad_top) * wp + g.pad_left;
-            buf[dst..dst + n].copy_from_slice(&x[(c * g.h + y) * g.w..][..n]);
-        }
+    for (src, dst, n) in g.frame_rows() {
+        buf[dst..dst + n].copy_from_slice(&x[src..src + n]);
     }
     buf
 }
@@ -747,7 +770,7 @@ fn im2col_avx2(xp: &[f32], g: &Geometry, cols: &mut [f32]) {
 
 #[inline(always)]
 fn im2col_body(xp: &[f32], g: &Geometry, cols: &mut [f32]) {
-    let (p, hp, wp) = (g.pixels(), g.ho + g.kh - 1, g.wo + g.kw - 1);
+    let (p, (hp, wp)) = (g.pixels(), g.frame());
     for c in 0..g.channels {
         let plane = &xp[c * hp * wp..][..hp * wp];
         for ky in 0..g.kh {
@@ -813,8 +836,8 @@ fn col2im_avx2(cols: &[f32], g: &Geometry, dx: &mut [f32], buf: &mut Vec<f32>) {
 
 #[inline(always)]
 fn col2im_body(cols: &[f32], g: &Geometry, dx: &mut [f32], buf: &mut Vec<f32>) {
-    let (p, hp, wp) = (g.pixels(), g.ho + g.kh - 1, g.wo + g.kw - 1);
-    let direct = g.pad_top == 0 && g.pad_left == 0 && hp == g.h && wp == g.w;
+    let (p, (hp, wp)) = (g.pixels(), g.frame());
+    let direct = g.unpadded();
     if !direct {
         buf.clear();
         buf.resize(g.channels * hp * wp, 0.0);
@@ -835,12 +858,8 @@ fn col2im_body(cols: &[f32], g: &Geometry, dx: &mut [f32], buf: &mut Vec<f32>) {
         }
     }
     if !direct {
-        for c in 0..g.channels {
-            for y in 0..g.h.min(hp - g.pad_top) {
-                let n = g.w.min(wp - g.pad_left);
-                let src = (c * hp + y + g.pad_top) * wp + g.pad_left;
-                dx[(c * g.h + y) * g.w..][..n].copy_from_slice(&buf[src..src + n]);
-            }
+        for (dst, src, n) in g.frame_rows() {
+            dx[dst..dst + n].copy_from_slice(&buf[src..src + n]);
         }
     }
 }

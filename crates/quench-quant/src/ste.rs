@@ -263,8 +263,8 @@ mod cpu {
     use crate::qparams::HostCopy;
 
     /// The fake-quantized `x` as a plain tensor and (if `with_mask`) its in-range mask as
-    /// 1.0/0.0 in `x`'s row-major order; `None` when not applicable (another backend or dtype, or scales varying along
-    /// more than one axis), for the op-by-op path.
+    /// 1.0/0.0 in `x`'s row-major order; `None` when not applicable (another backend or dtype,
+    /// or scales varying along more than one axis), for the op-by-op path.
     pub(super) fn fake_quantize<const D: usize>(
         x: &Tensor<D>,
         host: Option<HostCopy>,
