@@ -172,7 +172,9 @@ fn with_device(mut set: Vec<String>, device: Option<String>) -> Vec<String> {
 
 fn main() -> ExitCode {
     tune_allocator();
-    match real_main() {
+    // Every command runs on a rayon worker, so the parallel ops of a training step are local
+    // joins instead of jobs injected from outside the pool (see `quench_train::pool`).
+    match quench_train::pool::in_compute_pool(real_main) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -14,6 +14,7 @@ pub mod logger;
 pub mod optim;
 pub mod params;
 pub mod phase;
+pub mod pool;
 pub mod progress;
 pub mod pytorch_teacher;
 pub mod recipe;
