@@ -666,7 +666,7 @@ fn lane_sum(v: &[f32]) -> f32 {
 
 /// A read-only matrix view: `rows × cols` with element `(r, c)` at `r·row_stride + c·col_stride`.
 #[derive(Clone, Copy)]
-struct MatRef<'a> {
+pub(crate) struct MatRef<'a> {
     data: &'a [f32],
     rows: usize,
     cols: usize,
@@ -676,7 +676,7 @@ struct MatRef<'a> {
 
 impl<'a> MatRef<'a> {
     /// `data` holds the matrix row after row.
-    fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+    pub(crate) fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
         assert!(data.len() >= rows * cols);
         Self {
             data,
@@ -687,7 +687,7 @@ impl<'a> MatRef<'a> {
         }
     }
     /// `data` holds the matrix column after column (the transpose of a row-major `cols × rows`).
-    fn col_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+    pub(crate) fn col_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
         assert!(data.len() >= rows * cols);
         Self {
             data,
@@ -702,21 +702,68 @@ impl<'a> MatRef<'a> {
 /// `dst (+)= lhs · rhs` with `dst` row-major `lhs.rows × rhs.cols`, on the calling thread (the
 /// callers already split the batch over rayon).
 fn matmul(lhs: MatRef, rhs: MatRef, dst: &mut [f32], accumulate: bool) {
-    assert_eq!(lhs.cols, rhs.rows);
     assert!(dst.len() >= lhs.rows * rhs.cols);
+    // SAFETY: `dst` holds `lhs.rows × rhs.cols` initialized values and is borrowed mutably
+    // while the inputs are borrowed immutably (no aliasing).
+    unsafe {
+        gemm_raw(
+            lhs,
+            rhs,
+            dst.as_mut_ptr(),
+            accumulate,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// `lhs · rhs` in a new row-major buffer, written by `gemm` without zero-filling it first;
+/// split over rayon's threads when the product is as large as burn-flex's own threshold for
+/// that (192³ multiply-adds), so the partition — and so every bit — is the one burn's
+/// `matmul` would give.
+pub(crate) fn matmul_new(lhs: MatRef, rhs: MatRef) -> Vec<f32> {
+    let len = lhs.rows * rhs.cols;
+    let parallelism = if lhs.rows * rhs.cols * lhs.cols >= 192 * 192 * 192 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    let mut dst = Vec::with_capacity(len);
+    // SAFETY: with `read_dst = false`, `gemm` zeroes its `alpha` and stores every element of
+    // the `rows × cols` destination without reading it (`k = 0` stores zeros), so the
+    // `len` values are initialized when it returns; the buffer has capacity `len`.
+    unsafe {
+        gemm_raw(lhs, rhs, dst.as_mut_ptr(), false, parallelism);
+        dst.set_len(len);
+    }
+    dst
+}
+
+/// `dst = (read_dst ? dst : 0) + lhs · rhs`, `dst` row-major `lhs.rows × rhs.cols`.
+///
+/// # Safety
+/// `dst` must be valid for `lhs.rows × rhs.cols` writes (and reads, with `read_dst`, of
+/// initialized values) and must not overlap `lhs` or `rhs`.
+unsafe fn gemm_raw(
+    lhs: MatRef,
+    rhs: MatRef,
+    dst: *mut f32,
+    read_dst: bool,
+    parallelism: gemm::Parallelism,
+) {
+    assert_eq!(lhs.cols, rhs.rows);
     let as_isize = |v: usize| v as isize;
-    // SAFETY: the asserts above and in `MatRef`'s constructors keep every index `gemm` forms
-    // (`r·row_stride + c·col_stride` for r < rows, c < cols) inside the three slices; `dst` is
-    // borrowed mutably and the inputs immutably, so they do not alias.
+    // SAFETY: the assert above and those in `MatRef`'s constructors keep every index `gemm`
+    // forms (`r·row_stride + c·col_stride` for r < rows, c < cols) inside the input slices; the
+    // caller vouches for `dst`.
     unsafe {
         gemm::gemm(
             lhs.rows,
             rhs.cols,
             lhs.cols,
-            dst.as_mut_ptr(),
+            dst,
             1,
             as_isize(rhs.cols),
-            accumulate,
+            read_dst,
             lhs.data.as_ptr(),
             as_isize(lhs.col_stride),
             as_isize(lhs.row_stride),
@@ -728,7 +775,7 @@ fn matmul(lhs: MatRef, rhs: MatRef, dst: &mut [f32], accumulate: bool) {
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }

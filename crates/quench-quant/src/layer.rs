@@ -9,7 +9,6 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, PaddingConfig2d, RmsNorm, RmsNormConfig};
-use burn::tensor::module::linear;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -437,7 +436,7 @@ impl QuantLinear {
         let training = w.is_require_grad();
         let x = self.ops.input(x, training, D - 1);
         let w = self.ops.weight(w, training);
-        linear(x, w, self.inner.bias.as_ref().map(|b| b.val()))
+        crate::dense::linear(x, w, self.inner.bias.as_ref().map(|b| b.val()))
     }
 }
 

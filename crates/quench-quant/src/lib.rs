@@ -2,6 +2,7 @@
 //! learned ranges (LSQ, PACT), BitNet ternary/binary weights, low-bit packing and a ternary kernel.
 
 pub mod conv;
+pub mod dense;
 pub mod error;
 pub mod flexops;
 pub mod kernel;
