@@ -244,9 +244,10 @@ impl ImageSet {
     pub fn batch(&self, indices: &[usize], device: &Device) -> ImageBatch {
         let d = self.image_len();
         let b = indices.len();
-        let mut pixels = vec![0.0f32; b * d];
-        for (dst, &i) in pixels.chunks_exact_mut(d).zip(indices) {
-            dst.copy_from_slice(self.image(i));
+        // Appended image by image: one copy, no zero-filling pass first.
+        let mut pixels = Vec::with_capacity(b * d);
+        for &i in indices {
+            pixels.extend_from_slice(self.image(i));
         }
         let labels: Vec<i64> = indices.iter().map(|&i| i64::from(self.labels[i])).collect();
         ImageBatch {

@@ -15,6 +15,7 @@
 //! burn-matmul version, `conv2d_fast`, only tied burn's `conv2d` in training and was removed
 //! when the custom autodiff op replaced it.) Other backends and dtypes take burn's ops.
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use burn::backend::Flex;
@@ -114,16 +115,46 @@ impl Backward<Flex, 1> for PoolBackward {
         let dy = flexops::contiguous(&dy);
         let dy = flexops::slice(&dy);
         let routing = ops.state;
-        let mut dx = vec![0.0f32; routing.input_dims.iter().product()];
-        // Windows do not overlap, so every input receives at most one output's gradient.
-        for (&to, &g) in routing.to.iter().zip(dy) {
-            if to != BLOCKED {
-                dx[to as usize] = g;
-            }
-        }
+        let [b, c, h, w] = routing.input_dims;
+        let dx = route_gradient(&routing.to, dy, b * c, h * w);
         let dx = FlexTensor::from_data(TensorData::new(dx, routing.input_dims));
         grads.register::<Flex>(node.id, dx);
     }
+}
+
+/// The input gradient of `planes` planes of `plane_len` inputs: each output gradient on the
+/// input its route names, zero elsewhere. Windows do not overlap and stay inside their plane,
+/// so each plane is one independent task: zeroed while it is in cache and then scattered (no
+/// separate zero-filling pass over the whole gradient), across threads when it is large.
+fn route_gradient(to: &[u32], dy: &[f32], planes: usize, plane_len: usize) -> Vec<f32> {
+    let total = planes * plane_len;
+    let per_plane = to.len() / planes.max(1);
+    let mut dx = Vec::with_capacity(total);
+    let scatter = |(p, dxp): (usize, &mut [MaybeUninit<f32>])| {
+        for v in dxp.iter_mut() {
+            v.write(0.0);
+        }
+        let base = p * plane_len;
+        let routes = &to[p * per_plane..][..per_plane];
+        for (&to, &g) in routes.iter().zip(&dy[p * per_plane..][..per_plane]) {
+            if to != BLOCKED {
+                dxp[to as usize - base].write(g);
+            }
+        }
+    };
+    let spare = &mut dx.spare_capacity_mut()[..total];
+    if to.len() >= PARALLEL_MIN_OUTPUTS {
+        spare
+            .par_chunks_mut(plane_len)
+            .enumerate()
+            .for_each(scatter);
+    } else {
+        spare.chunks_mut(plane_len).enumerate().for_each(scatter);
+    }
+    // SAFETY: `spare` is the first `total` slots of `dx`'s capacity, and `scatter` wrote every
+    // slot of every plane (the zero fill) before the routed values.
+    unsafe { dx.set_len(total) };
+    dx
 }
 
 fn record_pool(x: FloatTensor<Ad>, shape: PoolShape) -> FloatTensor<Ad> {

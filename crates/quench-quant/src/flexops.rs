@@ -43,6 +43,8 @@ use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// The autodiff backend quench's training tensors live on (no gradient checkpointing).
@@ -534,9 +536,13 @@ fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geometry)
     let (xs, ws) = (slice(&x), slice(&w));
     let bs = b.as_ref().map(slice);
     let (k, p, co) = (g.patch(), g.pixels(), g.out_channels);
-    let mut y = vec![0.0f32; g.batch * g.out_sample()];
+    let len = g.batch * g.out_sample();
+    // Not zero-filled: every sample's output is written in full below (the bias, or the
+    // product with `read_dst` off).
+    let mut y: Vec<f32> = Vec::with_capacity(len);
     let per_task = samples_per_task(g);
-    y.par_chunks_mut(per_task * g.out_sample())
+    y.spare_capacity_mut()[..len]
+        .par_chunks_mut(per_task * g.out_sample())
         .enumerate()
         .for_each(|(task, ys)| {
             let (mut cols, mut frame) = (vec![0.0f32; k * p], Vec::new());
@@ -546,18 +552,30 @@ fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geometry)
                 im2col(padded(xb, g, &mut frame), g, &mut cols);
                 if let Some(bs) = bs {
                     for (row, &bias) in yb.chunks_exact_mut(p).zip(bs) {
-                        row.fill(bias);
+                        row.iter_mut().for_each(|v| {
+                            v.write(bias);
+                        });
                     }
                 }
-                // yb[co, p] (+)= W[co, k] · cols[k, p]
-                matmul(
-                    MatRef::row_major(ws, co, k),
-                    MatRef::row_major(&cols, k, p),
-                    yb,
-                    bs.is_some(),
-                );
+                // yb[co, p] (bias +)= W[co, k] · cols[k, p]
+                let (w_mat, cols_mat) =
+                    (MatRef::row_major(ws, co, k), MatRef::row_major(&cols, k, p));
+                // SAFETY: `yb` holds `co × p` slots, exclusively borrowed; with a bias they
+                // were all written just above, and without one `gemm` writes every slot
+                // without reading it (`read_dst` off).
+                unsafe {
+                    gemm_raw(
+                        w_mat,
+                        cols_mat,
+                        yb.as_mut_ptr().cast::<f32>(),
+                        bs.is_some(),
+                        gemm::Parallelism::None,
+                    )
+                };
             }
         });
+    // SAFETY: the tasks above wrote all `len` slots (each sample's `co × p` outputs).
+    unsafe { y.set_len(len) };
     flex(y, [g.batch, co, g.ho, g.wo])
 }
 
@@ -579,10 +597,14 @@ fn backward(x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, g: &Geometry, need:
     let (k, p, co) = (g.patch(), g.pixels(), g.out_channels);
     let per_task = samples_per_task(g);
     let tasks = g.batch.div_ceil(per_task);
-    let mut dx = vec![0.0f32; if need.dx { g.batch * g.in_sample() } else { 0 }];
+    let dx_len = if need.dx { g.batch * g.in_sample() } else { 0 };
+    // Zero-filled by each task, in its own thread and while it is in cache, not up front.
+    let mut dx: Vec<f32> = Vec::with_capacity(dx_len);
     // Per task: its samples' input-gradient rows (empty when not needed) and its partial dW, db.
-    let dx_chunks: Vec<&mut [f32]> = if need.dx {
-        dx.chunks_mut(per_task * g.in_sample()).collect()
+    let dx_chunks: Vec<&mut [MaybeUninit<f32>]> = if need.dx {
+        dx.spare_capacity_mut()[..dx_len]
+            .chunks_mut(per_task * g.in_sample())
+            .collect()
     } else {
         (0..tasks).map(|_| &mut [][..]).collect()
     };
@@ -590,6 +612,14 @@ fn backward(x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, g: &Geometry, need:
         .into_par_iter()
         .enumerate()
         .map(|(task, dx_task)| {
+            for v in dx_task.iter_mut() {
+                v.write(0.0);
+            }
+            // SAFETY: every slot of `dx_task` was initialized just above; `MaybeUninit<f32>`
+            // has the layout of `f32`, and the slice stays exclusively borrowed.
+            let dx_task: &mut [f32] = unsafe {
+                std::slice::from_raw_parts_mut(dx_task.as_mut_ptr().cast(), dx_task.len())
+            };
             let mut dw = vec![0.0f32; if need.dw { co * k } else { 0 }];
             let mut db = vec![0.0f32; if need.db { co } else { 0 }];
             let (mut cols, mut frame) = (vec![0.0f32; k * p], Vec::new());
@@ -646,6 +676,9 @@ fn backward(x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, g: &Geometry, need:
         let parts = partials.iter().map(|p| &p.1).collect();
         FlexTensor::from_data(TensorData::new(sum(parts, co), [co]))
     });
+    // SAFETY: the tasks zero-filled all `dx_len` slots of the spare capacity (and then added
+    // into them); with `need.dx` false, `dx_len` is 0.
+    unsafe { dx.set_len(dx_len) };
     let dx = need.dx.then(|| flex(dx, [g.batch, g.channels, g.h, g.w]));
     (dx, dw, db)
 }
