@@ -71,7 +71,7 @@ fn pool(x: Tensor<4>, relu: bool) -> Tensor<4> {
     #[cfg(test)]
     tests::HOST_CALLS.with(|n| n.set(n.get() + 1));
     match flexops::primitive(x.clone()) {
-        Some(Input::Plain(p)) => Tensor::from_primitive::<Flex>(pool_forward(&p, &shape).0),
+        Some(Input::Plain(p)) => Tensor::from_primitive::<Flex>(pool_forward(&p, &shape, false).0),
         Some(Input::Tracked(t)) => Tensor::from_primitive::<Ad>(record_pool(t, shape)),
         None => fallback(x),
     }
@@ -158,7 +158,7 @@ fn route_gradient(to: &[u32], dy: &[f32], planes: usize, plane_len: usize) -> Ve
 }
 
 fn record_pool(x: FloatTensor<Ad>, shape: PoolShape) -> FloatTensor<Ad> {
-    let (y, to) = pool_forward(x.primitive(), &shape);
+    let (y, to) = pool_forward(x.primitive(), &shape, true);
     let [b, c, _, _] = shape.dims;
     flexops::record_unary(PoolBackward, &x, y, || PoolRouting {
         to: Arc::new(to),
@@ -167,15 +167,35 @@ fn record_pool(x: FloatTensor<Ad>, shape: PoolShape) -> FloatTensor<Ad> {
 }
 
 /// The pooled (and, if fused, rectified) output and each output's gradient routing.
-fn pool_forward(x: &FlexTensor, s: &PoolShape) -> (FlexTensor, Vec<u32>) {
+fn pool_forward(x: &FlexTensor, s: &PoolShape, routes: bool) -> (FlexTensor, Vec<u32>) {
     let x = flexops::contiguous(x);
     let values = flexops::slice(&x);
     let (ho, wo) = (s.h / 2, s.w / 2);
     let mut y = vec![0.0f32; s.outputs()];
-    let mut to = vec![0u32; s.outputs()];
     let plane_pass = |p: usize, y: &mut [f32], to: &mut [u32]| pool_plane(values, p, s, y, to);
     let per_plane = ho * wo;
-    if s.outputs() >= PARALLEL_MIN_OUTPUTS {
+    let parallel = s.outputs() >= PARALLEL_MIN_OUTPUTS;
+    if !routes {
+        // A forward without autodiff (evaluation, a distillation teacher) keeps no routes:
+        // each task's planes write theirs into one scratch plane that stays in cache.
+        let scratch = || vec![0u32; per_plane];
+        if parallel {
+            y.par_chunks_mut(per_plane)
+                .enumerate()
+                .for_each_init(scratch, |to, (p, y)| plane_pass(p, y, to));
+        } else {
+            let mut to = scratch();
+            for (p, y) in y.chunks_mut(per_plane).enumerate() {
+                plane_pass(p, y, &mut to);
+            }
+        }
+        return (
+            FlexTensor::from_data(TensorData::new(y, s.dims)),
+            Vec::new(),
+        );
+    }
+    let mut to = vec![0u32; s.outputs()];
+    if parallel {
         y.par_chunks_mut(per_plane)
             .zip(to.par_chunks_mut(per_plane))
             .enumerate()
@@ -270,8 +290,9 @@ fn pool_rows(values: &[f32], p: usize, s: &PoolShape, y: &mut [f32], to: &mut [u
     }
 }
 
-/// Below this many outputs the pool runs on the calling thread only.
-const PARALLEL_MIN_OUTPUTS: usize = 1 << 16;
+/// Below this many outputs the pool runs on the calling thread only. (LeNet-5's second pool,
+/// 51 200 outputs at batch 128, is split: from a pool worker a split is a cheap local join.)
+const PARALLEL_MIN_OUTPUTS: usize = 1 << 14;
 
 /// Position (row-major, 0..4) of the maximum of one window: the first of equal maxima, or the
 /// last NaN. Branch-free selects on the common path (where the arg-max is data-dependent and a
@@ -403,6 +424,54 @@ mod tests {
         ];
         assert_eq!(g1, expect);
         assert_eq!(g0, expect);
+    }
+
+    #[test]
+    fn large_pools_and_forwards_without_autodiff_match_burn() {
+        // 16 384 and 32 400 outputs: at or above the threshold, so planes are split over
+        // threads in the forward and the backward; odd sizes leave a dropped row and column.
+        for dims in [[2, 8, 64, 64], [3, 8, 61, 91]] {
+            assert!(dims[0] * dims[1] * (dims[2] / 2) * (dims[3] / 2) >= PARALLEL_MIN_OUTPUTS);
+            for relu in [false, true] {
+                let pool = |x: Tensor<4>| {
+                    if relu {
+                        max_pool2x2_relu(x)
+                    } else {
+                        max_pool2x2(x)
+                    }
+                };
+                let reference = |x: Tensor<4>| {
+                    let y = max_pool2d(x, pool_options());
+                    if relu {
+                        burn::tensor::activation::relu(y)
+                    } else {
+                        y
+                    }
+                };
+                // Autodiff: values and gradient.
+                let run = |fast: bool| {
+                    let xt = rand4(dims, 11).require_grad();
+                    let y = if fast {
+                        pool(xt.clone())
+                    } else {
+                        reference(xt.clone())
+                    };
+                    let g = rand4(y.dims(), 12);
+                    let grads = (y.clone() * g).sum().backward();
+                    (y.inner().into_data(), xt.grad(&grads).unwrap().into_data())
+                };
+                let (y0, g0) = run(false);
+                let (y1, g1) = run(true);
+                assert_eq!(y1, y0);
+                assert_eq!(g1, g0);
+                // Without autodiff (no routes kept).
+                let plain = Tensor::<4>::from_data(rand4(dims, 13).into_data(), &Device::flex());
+                let before = HOST_CALLS.with(|n| n.get());
+                let fast = pool(plain.clone()).into_data();
+                assert_eq!(HOST_CALLS.with(|n| n.get()) - before, 1);
+                assert_eq!(fast, reference(plain).into_data());
+            }
+        }
     }
 
     #[test]
