@@ -18,17 +18,13 @@
 //! checkpointing; anything else (another backend, dtype or rank, a checkpointing strategy)
 //! takes burn's `linear` unchanged.
 
-use burn::backend::Flex;
-use burn::backend::tensor::FloatTensor;
 use burn::tensor::module::linear as burn_linear;
-use burn::tensor::{DType, Device, Shape, Tensor, TensorData};
-use burn_autodiff::checkpoint::base::Checkpointer;
-use burn_autodiff::checkpoint::strategy::NoCheckpointing;
-use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use burn_flex::FlexTensor;
 
-use crate::flexops::{Ad, Input, MatRef, contiguous, matmul_new, primitive, slice};
+use crate::flexops::{
+    Grads, MatRef, Needs, WeightedOp, contiguous, matmul_new, run_weighted, slice,
+};
 
 /// `linear(x, weight, bias)` with burn's semantics (`weight: [d_in, d_out]`, `y = x·W + b`):
 /// one recorded node on Flex for a 2-d f32 input, burn's op elsewhere.
@@ -80,34 +76,17 @@ fn host_linear<const D: usize>(
     bias: Option<Tensor<1>>,
     sizes: Sizes,
 ) -> Tensor<D> {
-    // Keep the originals for the fallback (cloning a tensor shares its buffer).
-    let originals = (x.clone(), weight.clone(), bias.clone());
-    let parts = (
-        primitive(x),
-        primitive(weight),
-        bias.map(|b| primitive(b).ok_or(())).transpose(),
-    );
-    let (Some(x), Some(w), Ok(b)) = parts else {
-        let (x, w, b) = originals;
-        return burn_linear(x, w, b);
-    };
-    #[cfg(test)]
-    tests::HOST_CALLS.with(|n| n.set(n.get() + 1));
-    let tracked = |i: &Input| matches!(i, Input::Tracked(_));
-    if !(tracked(&x) || tracked(&w) || b.as_ref().is_some_and(tracked)) {
-        let plain = |i: Input| match i {
-            Input::Plain(p) => p,
-            Input::Tracked(t) => t.into_primitive(),
-        };
-        let out = forward(&plain(x), &plain(w), b.map(plain).as_ref(), sizes);
-        return Tensor::from_primitive::<Flex>(out);
+    match run_weighted(Dense(sizes), x, weight, bias) {
+        Ok(y) => {
+            #[cfg(test)]
+            tests::HOST_CALLS.with(|n| n.set(n.get() + 1));
+            y
+        }
+        Err(inputs) => {
+            let (x, w, b) = *inputs;
+            burn_linear(x, w, b)
+        }
     }
-    let as_tracked = |i: Input| match i {
-        Input::Tracked(t) => t,
-        Input::Plain(p) => FloatTensor::<Ad>::new(p),
-    };
-    let out = record(as_tracked(x), as_tracked(w), b.map(as_tracked), sizes);
-    Tensor::from_primitive::<Ad>(out)
 }
 
 /// `x·W (+ b)`: the product into a fresh buffer, then the bias added row by row.
@@ -129,91 +108,49 @@ fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, s: Sizes) -> 
     FlexTensor::from_data(TensorData::new(y, [s.rows, s.d_out]))
 }
 
-/// The recorded operation. Parents: input, weight, bias (a zero constant when there is none).
-#[derive(Debug)]
-struct LinearBackward;
+/// The product as a recorded operation. Parents: input, weight, bias (a zero constant when
+/// there is none).
+#[derive(Debug, Clone, Copy)]
+struct Dense(Sizes);
 
-/// What the backward needs: the input and weight (shared buffers, not copies) and the sizes.
-#[derive(Debug, Clone)]
-struct Saved {
-    x: FlexTensor,
-    w: FlexTensor,
-    sizes: Sizes,
-}
-
-impl Backward<Flex, 3> for LinearBackward {
-    type State = Saved;
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 3>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        let [node_x, node_w, node_b] = ops.parents;
-        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
-        let Saved { x, w, sizes: s } = ops.state;
+impl WeightedOp for Dense {
+    fn bias_len(&self) -> usize {
+        self.0.d_out
+    }
+    fn forward(&self, x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>) -> FlexTensor {
+        forward(x, w, b, self.0)
+    }
+    fn backward(&self, x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, need: Needs) -> Grads {
+        let s = self.0;
+        let dy = contiguous(dy);
         let dys = slice(&dy);
         let dy_mat = MatRef::row_major(dys, s.rows, s.d_out);
-        if let Some(node) = node_x {
-            // dx[rows, d_in] = dy[rows, d_out] · W[d_in, d_out]ᵀ
-            let w = contiguous(&w);
+        let flex = |values: Vec<f32>, shape: Vec<usize>| {
+            FlexTensor::from_data(TensorData::new(values, shape))
+        };
+        // dx[rows, d_in] = dy[rows, d_out] · W[d_in, d_out]ᵀ
+        let dx = need.dx.then(|| {
+            let w = contiguous(w);
             let dx = matmul_new(dy_mat, MatRef::col_major(slice(&w), s.d_out, s.d_in));
-            let dx = FlexTensor::from_data(TensorData::new(dx, [s.rows, s.d_in]));
-            grads.register::<Flex>(node.id, dx);
-        }
-        if let Some(node) = node_w {
-            // dW[d_in, d_out] = x[rows, d_in]ᵀ · dy[rows, d_out]
-            let x = contiguous(&x);
+            flex(dx, vec![s.rows, s.d_in])
+        });
+        // dW[d_in, d_out] = x[rows, d_in]ᵀ · dy[rows, d_out]
+        let dw = need.dw.then(|| {
+            let x = contiguous(x);
             let dw = matmul_new(MatRef::col_major(slice(&x), s.d_in, s.rows), dy_mat);
-            let dw = FlexTensor::from_data(TensorData::new(dw, [s.d_in, s.d_out]));
-            grads.register::<Flex>(node.id, dw);
-        }
-        if let Some(node) = node_b {
-            // db[d_out] = Σ_rows dy, the rows added in order (vectorized across columns).
+            flex(dw, vec![s.d_in, s.d_out])
+        });
+        // db[d_out] = Σ_rows dy, the rows added in order (vectorized across columns).
+        let db = need.db.then(|| {
             let mut db = vec![0.0f32; s.d_out];
             for row in dys.chunks_exact(s.d_out) {
                 for (acc, v) in db.iter_mut().zip(row) {
                     *acc += v;
                 }
             }
-            let db = FlexTensor::from_data(TensorData::new(db, [s.d_out]));
-            grads.register::<Flex>(node.id, db);
-        }
-    }
-}
-
-/// Runs the forward and records it on the autodiff graph when any parent is tracked.
-fn record(
-    x: FloatTensor<Ad>,
-    w: FloatTensor<Ad>,
-    b: Option<FloatTensor<Ad>>,
-    sizes: Sizes,
-) -> FloatTensor<Ad> {
-    let has_bias = b.is_some();
-    let b = b.unwrap_or_else(|| {
-        FloatTensor::<Ad>::new(FlexTensor::zeros(Shape::new([sizes.d_out]), DType::F32))
-    });
-    let out = forward(
-        x.primitive(),
-        w.primitive(),
-        has_bias.then(|| b.primitive()),
-        sizes,
-    );
-    match LinearBackward
-        .prepare::<NoCheckpointing>([x.node(), w.node(), b.node()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let saved = Saved {
-                x: x.primitive().clone(),
-                w: w.primitive().clone(),
-                sizes,
-            };
-            prep.finish(saved, out)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(out),
+            flex(db, vec![s.d_out])
+        });
+        (dx, dw, db)
     }
 }
 
@@ -222,6 +159,7 @@ mod tests {
     use std::cell::Cell;
 
     use super::*;
+    use crate::flexops::tests::rand;
 
     thread_local! {
         /// Products that took the host path on this thread (so a test cannot pass by silently
@@ -231,21 +169,6 @@ mod tests {
 
     fn host_calls() -> usize {
         HOST_CALLS.with(Cell::get)
-    }
-
-    /// Deterministic values in [-1, 1) (xorshift), on Flex with autodiff.
-    fn rand<const D: usize>(dims: [usize; D], seed: u64) -> Tensor<D> {
-        let n: usize = dims.iter().product();
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect();
-        Tensor::from_data(TensorData::new(v, dims), &Device::flex().autodiff())
     }
 
     fn bits<const D: usize>(t: Tensor<D>) -> Vec<u32> {

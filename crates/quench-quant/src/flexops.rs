@@ -195,37 +195,127 @@ fn host_conv(
     g: Geometry,
     options: ConvOptions<2>,
 ) -> Tensor<4> {
+    match run_weighted(HostConv(g), x, weight, bias) {
+        Ok(y) => {
+            #[cfg(test)]
+            tests::HOST_CALLS.with(|n| n.set(n.get() + 1));
+            y
+        }
+        Err(inputs) => {
+            let (x, w, b) = *inputs;
+            burn_conv2d(x, w, b, options)
+        }
+    }
+}
+
+/// An op on an input, a weight and an optional bias that runs on Flex primitives and records
+/// one autodiff node with the three as parents (the convolution, the dense layer's product).
+/// The op value carries the sizes; the node saves the input and the weight.
+pub(crate) trait WeightedOp: Copy + std::fmt::Debug + Send + Sync + 'static {
+    /// The bias length (the zero constant parent stands in when there is no bias).
+    fn bias_len(&self) -> usize;
+    /// The output, from row-major or strided Flex tensors.
+    fn forward(&self, x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>) -> FlexTensor;
+    /// The gradients `need` asks for (input, weight, bias), from the output gradient `dy`.
+    fn backward(&self, x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, need: Needs) -> Grads;
+}
+
+/// The autodiff node of a [`WeightedOp`].
+#[derive(Debug)]
+struct Weighted<O>(O);
+
+impl<O: WeightedOp> Backward<Flex, 3> for Weighted<O> {
+    type State = Saved;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let Saved { x, w } = ops.state;
+        let need = Needs {
+            dx: node_x.is_some(),
+            dw: node_w.is_some(),
+            db: node_b.is_some(),
+        };
+        let (dx, dw, db) = self.0.backward(&x, &w, &dy, need);
+        for (node, grad) in [(node_x, dx), (node_w, dw), (node_b, db)] {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<Flex>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// What a [`WeightedOp`]'s backward needs: the input and the weight (shared buffers, not
+/// copies).
+#[derive(Debug, Clone)]
+struct Saved {
+    pub(crate) x: FlexTensor,
+    pub(crate) w: FlexTensor,
+}
+
+/// Runs `op` on the primitives of `x`, `w` and `b`: a plain Flex forward when none of them is
+/// tracked, else the forward recorded as one node. `Err` hands the three back unchanged when
+/// one is not on Flex or the graph checkpoints (the caller then uses burn's op).
+#[allow(clippy::type_complexity)] // the three inputs handed back
+pub(crate) fn run_weighted<O: WeightedOp, const D: usize, const E: usize>(
+    op: O,
+    x: Tensor<D>,
+    w: Tensor<E>,
+    b: Option<Tensor<1>>,
+) -> Result<Tensor<D>, Box<(Tensor<D>, Tensor<E>, Option<Tensor<1>>)>> {
     // Keep the originals for the fallback (cloning a tensor shares its buffer).
-    let originals = (x.clone(), weight.clone(), bias.clone());
+    let originals = (x.clone(), w.clone(), b.clone());
     let parts = (
         primitive(x),
-        primitive(weight),
-        bias.map(|b| primitive(b).ok_or(())).transpose(),
+        primitive(w),
+        b.map(|b| primitive(b).ok_or(())).transpose(),
     );
     let (Some(x), Some(w), Ok(b)) = parts else {
-        let (x, w, b) = originals;
-        return burn_conv2d(x, w, b, options);
+        return Err(Box::new(originals));
     };
-    #[cfg(test)]
-    tests::HOST_CALLS.with(|n| n.set(n.get() + 1));
-    let any_autodiff = matches!(x, Input::Tracked(_))
-        || matches!(w, Input::Tracked(_))
-        || matches!(b, Some(Input::Tracked(_)));
-    if !any_autodiff {
+    let tracked = |i: &Input| matches!(i, Input::Tracked(_));
+    if !(tracked(&x) || tracked(&w) || b.as_ref().is_some_and(tracked)) {
         let plain = |i: Input| match i {
             Input::Plain(p) => p,
             Input::Tracked(t) => t.into_primitive(),
         };
-        let out = forward(&plain(x), &plain(w), b.map(plain).as_ref(), &g);
-        return Tensor::from_primitive::<Flex>(out);
+        let out = op.forward(&plain(x), &plain(w), b.map(plain).as_ref());
+        return Ok(Tensor::from_primitive::<Flex>(out));
     }
-    let tracked = |i: Input| match i {
+    let as_tracked = |i: Input| match i {
         Input::Tracked(t) => t,
         Input::Plain(p) => FloatTensor::<Ad>::new(p),
     };
-    let (x, w) = (tracked(x), tracked(w));
-    let b = b.map(tracked);
-    Tensor::from_primitive::<Ad>(record(x, w, b, g))
+    let (x, w) = (as_tracked(x), as_tracked(w));
+    let has_bias = b.is_some();
+    let b = b.map(as_tracked).unwrap_or_else(|| {
+        FloatTensor::<Ad>::new(FlexTensor::zeros(Shape::new([op.bias_len()]), DType::F32))
+    });
+    let out = op.forward(
+        x.primitive(),
+        w.primitive(),
+        has_bias.then(|| b.primitive()),
+    );
+    let out = match Weighted(op)
+        .prepare::<NoCheckpointing>([x.node(), w.node(), b.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let saved = Saved {
+                x: x.primitive().clone(),
+                w: w.primitive().clone(),
+            };
+            prep.finish(saved, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Ok(Tensor::from_primitive::<Ad>(out))
 }
 
 /// `y = q` with `dy/dx = keep` (1.0 where a fake-quantized code was in range, 0.0 where it was
@@ -431,75 +521,20 @@ impl HostBuffer {
     }
 }
 
-/// The recorded operation. Parents: input, weight, bias (a zero constant when there is none).
-#[derive(Debug)]
-struct HostConvBackward;
+/// The host convolution as a recorded operation. Parents: input, weight, bias (a zero
+/// constant when there is none).
+#[derive(Debug, Clone, Copy)]
+struct HostConv(Geometry);
 
-/// What the backward needs: the input and weight (shared buffers, not copies) and the sizes.
-#[derive(Debug, Clone)]
-struct SavedInputs {
-    x: FlexTensor,
-    w: FlexTensor,
-    g: Geometry,
-}
-
-impl Backward<Flex, 3> for HostConvBackward {
-    type State = SavedInputs;
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 3>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        let [node_x, node_w, node_b] = ops.parents;
-        let dy = grads.consume::<Flex>(&ops.node);
-        let SavedInputs { x, w, g } = ops.state;
-        let need = Needs {
-            dx: node_x.is_some(),
-            dw: node_w.is_some(),
-            db: node_b.is_some(),
-        };
-        let (dx, dw, db) = backward(&x, &w, &dy, &g, need);
-        for (node, grad) in [(node_x, dx), (node_w, dw), (node_b, db)] {
-            if let (Some(node), Some(grad)) = (node, grad) {
-                grads.register::<Flex>(node.id, grad);
-            }
-        }
+impl WeightedOp for HostConv {
+    fn bias_len(&self) -> usize {
+        self.0.out_channels
     }
-}
-
-/// Runs the forward and records it on the autodiff graph when any parent is tracked.
-fn record(
-    x: FloatTensor<Ad>,
-    w: FloatTensor<Ad>,
-    b: Option<FloatTensor<Ad>>,
-    g: Geometry,
-) -> FloatTensor<Ad> {
-    let has_bias = b.is_some();
-    let b = b.unwrap_or_else(|| {
-        FloatTensor::<Ad>::new(FlexTensor::zeros(Shape::new([g.out_channels]), DType::F32))
-    });
-    let out = forward(
-        x.primitive(),
-        w.primitive(),
-        has_bias.then(|| b.primitive()),
-        &g,
-    );
-    match HostConvBackward
-        .prepare::<NoCheckpointing>([x.node(), w.node(), b.node()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let saved = SavedInputs {
-                x: x.primitive().clone(),
-                w: w.primitive().clone(),
-                g,
-            };
-            prep.finish(saved, out)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(out),
+    fn forward(&self, x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>) -> FlexTensor {
+        forward(x, w, b, &self.0)
+    }
+    fn backward(&self, x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, need: Needs) -> Grads {
+        backward(x, w, dy, &self.0, need)
     }
 }
 
@@ -581,13 +616,14 @@ fn forward(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, g: &Geometry)
 
 /// Which gradients the graph needs.
 #[derive(Debug, Clone, Copy)]
-struct Needs {
-    dx: bool,
-    dw: bool,
-    db: bool,
+pub(crate) struct Needs {
+    pub(crate) dx: bool,
+    pub(crate) dw: bool,
+    pub(crate) db: bool,
 }
 
-type Grads = (Option<FlexTensor>, Option<FlexTensor>, Option<FlexTensor>);
+/// Input, weight and bias gradients (each `None` when not needed).
+pub(crate) type Grads = (Option<FlexTensor>, Option<FlexTensor>, Option<FlexTensor>);
 
 /// Input, weight and bias gradients from the output gradient `dy`:
 /// `dW = Σ_b dy[b] · cols(x[b])ᵀ`, `db = Σ_b,pixels dy[b]`, `dx[b] = col2im(Wᵀ · dy[b])`.
@@ -968,6 +1004,11 @@ pub(crate) mod tests {
 
     /// Deterministic values in [-1, 1) on the autodiff device (xorshift).
     pub(crate) fn rand4(dims: [usize; 4], seed: u64) -> Tensor<4> {
+        rand(dims, seed)
+    }
+
+    /// Deterministic values in [-1, 1) on the autodiff device (xorshift), any rank.
+    pub(crate) fn rand<const D: usize>(dims: [usize; D], seed: u64) -> Tensor<D> {
         let n: usize = dims.iter().product();
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let v: Vec<f32> = (0..n)
