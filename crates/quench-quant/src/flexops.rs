@@ -424,8 +424,14 @@ impl Backward<Flex, 1> for MaskedIdentity {
                 dy
             }
             _ => {
-                let mut values = slice(&dy).to_vec();
-                mul_in_place(&mut values, keep);
+                // One pass from the shared buffer into a new one (not a copy, then the product),
+                // across threads for large gradients.
+                let values: Vec<f32> = slice(&dy)
+                    .par_iter()
+                    .with_min_len(1 << 15)
+                    .zip(keep)
+                    .map(|(g, k)| g * k)
+                    .collect();
                 FlexTensor::from_data(TensorData::new(values, dy.shape()))
             }
         };
@@ -435,6 +441,19 @@ impl Backward<Flex, 1> for MaskedIdentity {
 
 /// `values[i] *= factors[i]`, AVX2 when the CPU has it.
 fn mul_in_place(values: &mut [f32], factors: &[f32]) {
+    // Elementwise, so splitting over threads changes no bit.
+    const CHUNK: usize = 1 << 15;
+    if values.len() > CHUNK {
+        values
+            .par_chunks_mut(CHUNK)
+            .zip(factors.par_chunks(CHUNK))
+            .for_each(|(v, f)| mul_in_place_serial(v, f));
+    } else {
+        mul_in_place_serial(values, factors);
+    }
+}
+
+fn mul_in_place_serial(values: &mut [f32], factors: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).

@@ -18,6 +18,7 @@
 //! Flattened per-scale vectors are in the row-major order of the stat shape.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
+use rayon::prelude::*;
 
 use crate::error::QuantError;
 use crate::spec::{Granularity, QuantSpec};
@@ -237,7 +238,7 @@ impl QuantLayout {
     /// [`Self::min_max`] from a host copy of the tensor, where the layout has a host reduction.
     pub(crate) fn min_max_host(&self, host: &HostCopy) -> Option<(Tensor<1>, Tensor<1>)> {
         let (outer, len, inner) = self.host_reduction()?;
-        let (mut min, mut max) = host_min_max(&host.values, outer, len, inner);
+        let (mut min, mut max) = host_min_max(host.values(), outer, len, inner);
         if self.granularity == Granularity::PerTensor {
             min = vec![min.into_iter().reduce(nan_min).unwrap_or(f32::NAN)];
             max = vec![max.into_iter().reduce(nan_max).unwrap_or(f32::NAN)];
@@ -281,12 +282,14 @@ impl QuantLayout {
     }
 }
 
-/// A host copy of a tensor's values, for the fused CPU paths: taken only for f32 tensors on the
-/// Flex CPU backend, whose tensors already live in host memory (a copy is one `memcpy`; on other
-/// devices it would be a transfer and a sync). One copy feeds both the observer's reduction and
-/// the fake-quant kernel, which then writes its output over it.
+/// A tensor's values on the host, for the fused CPU paths: taken only for f32 tensors on the
+/// Flex CPU backend, whose tensors already live in host memory. It shares the tensor's buffer
+/// (a copy only when the tensor is strided): one view feeds both the observer's reduction and
+/// the fake-quant kernel, which writes its output to a new buffer in the same pass that reads
+/// this one (an earlier version copied the values first and quantized the copy in place; that
+/// `memcpy` was 4 % of a QAT MLP step, on the step's thread).
 pub(crate) struct HostCopy {
-    pub(crate) values: Vec<f32>,
+    tensor: burn_flex::FlexTensor,
     /// The plain (non-autodiff) device the tensor was on.
     pub(crate) device: Device,
 }
@@ -297,18 +300,19 @@ impl HostCopy {
         if x.dtype() != DType::F32 || x.device() != Device::flex() {
             return None;
         }
-        // One copy straight from Flex's buffer (`into_data` of a shared tensor copies, and
-        // `TensorData::try_into_vec` may copy again to realign the bytes).
         let p = match crate::flexops::primitive(x.clone())? {
             crate::flexops::Input::Plain(p) => p,
             crate::flexops::Input::Tracked(t) => t.into_primitive(),
         };
-        let p = crate::flexops::contiguous(&p);
-        let values = p.as_slice::<f32>()?.to_vec();
         Some(Self {
-            values,
+            tensor: crate::flexops::contiguous(&p),
             device: Device::flex(),
         })
+    }
+
+    /// The values, row-major.
+    pub(crate) fn values(&self) -> &[f32] {
+        crate::flexops::slice(&self.tensor)
     }
 }
 
@@ -319,16 +323,39 @@ fn host_min_max(values: &[f32], outer: usize, len: usize, inner: usize) -> (Vec<
     assert_eq!(values.len(), outer * len * inner);
     let mut min = vec![0.0; outer * inner];
     let mut max = vec![0.0; outer * inner];
-    for o in 0..outer {
-        let block = &values[o * len * inner..(o + 1) * len * inner];
-        let (mn, mx) = (
-            &mut min[o * inner..(o + 1) * inner],
-            &mut max[o * inner..(o + 1) * inner],
-        );
-        column_min_max(block, inner, mn, mx);
+    // Tasks of whole columns of one `outer` block (each output is reduced by exactly one task,
+    // in row order, so the split changes no bit), across threads when there is enough work.
+    let inner_len = inner.max(1);
+    let block = |o: usize| &values[o * len * inner..(o + 1) * len * inner];
+    if values.len() >= PARALLEL_MIN_VALUES {
+        min.par_chunks_mut(inner_len)
+            .zip(max.par_chunks_mut(inner_len))
+            .enumerate()
+            .for_each(|(o, (mn, mx))| {
+                mn.par_chunks_mut(COLUMNS_PER_TASK)
+                    .zip(mx.par_chunks_mut(COLUMNS_PER_TASK))
+                    .enumerate()
+                    .for_each(|(t, (a, b))| {
+                        column_min_max(block(o), inner, t * COLUMNS_PER_TASK, a, b)
+                    });
+            });
+    } else {
+        for (o, (mn, mx)) in min
+            .chunks_mut(inner_len)
+            .zip(max.chunks_mut(inner_len))
+            .enumerate()
+        {
+            column_min_max(block(o), inner, 0, mn, mx);
+        }
     }
     (min, max)
 }
+
+/// Columns per task of [`host_min_max`]: four 16-column strips.
+const COLUMNS_PER_TASK: usize = 64;
+
+/// Below this many values [`host_min_max`] runs on the calling thread.
+const PARALLEL_MIN_VALUES: usize = 1 << 15;
 
 /// `min` that propagates NaN (`f32::min` drops it).
 fn nan_min(a: f32, b: f32) -> f32 {
@@ -348,18 +375,19 @@ fn nan_max(a: f32, b: f32) -> f32 {
     }
 }
 
-/// Per-column min and max of the row-major `[rows, cols]` matrix `block` into `min`/`max`
-/// (`cols` long each).
-fn column_min_max(block: &[f32], cols: usize, min: &mut [f32], max: &mut [f32]) {
+/// Per-column min and max of the row-major `[rows, cols]` matrix `block`, for the columns
+/// `first..first + min.len()`, into `min`/`max`.
+fn column_min_max(block: &[f32], cols: usize, first: usize, min: &mut [f32], max: &mut [f32]) {
+    assert!(first + min.len() <= cols && min.len() == max.len());
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: AVX is available (checked above).
-        done = unsafe { avx::column_min_max(block, cols, min, max) };
+        // SAFETY: AVX is available (checked above); the columns are in range (asserted).
+        done = unsafe { avx::column_min_max(block, cols, first, min, max) };
     }
-    for j in done..cols {
+    for j in done..min.len() {
         let (mut a, mut b) = (f32::INFINITY, f32::NEG_INFINITY);
-        for v in block.iter().skip(j).step_by(cols) {
+        for v in block.iter().skip(first + j).step_by(cols) {
             // `v < a` / `v > b` are false for NaN, so test it too: a NaN sticks.
             if *v < a || v.is_nan() {
                 a = *v;
@@ -380,20 +408,21 @@ mod avx {
     /// Columns per pass: 16 f32 = one 64-byte cache line of each row.
     const STRIP: usize = 16;
 
-    /// [`super::column_min_max`] for the leading multiple of 16 columns; returns how many columns
-    /// it did.
+    /// [`super::column_min_max`] for the leading multiple of 16 of its columns; returns how
+    /// many columns it did.
     ///
     /// # Safety
-    /// The CPU must support AVX.
+    /// The CPU must support AVX; `first + min.len() <= cols`, `max` as long as `min`.
     #[target_feature(enable = "avx")]
     pub(super) unsafe fn column_min_max(
         block: &[f32],
         cols: usize,
+        first: usize,
         min: &mut [f32],
         max: &mut [f32],
     ) -> usize {
         let rows = block.len() / cols;
-        let strips = cols / STRIP * STRIP;
+        let strips = min.len() / STRIP * STRIP;
         let ptr = block.as_ptr();
         for j in (0..strips).step_by(STRIP) {
             let mut mn = [_mm256_set1_ps(f32::INFINITY); 2];
@@ -401,8 +430,8 @@ mod avx {
             let mut nan = [_mm256_setzero_ps(); 2];
             for r in 0..rows {
                 for k in 0..2 {
-                    // SAFETY: `r·cols + j + 8k + 8 <= rows·cols = block.len()`.
-                    let v = unsafe { _mm256_loadu_ps(ptr.add(r * cols + j + 8 * k)) };
+                    // SAFETY: `r·cols + first + j + 8k + 8 <= r·cols + cols <= block.len()`.
+                    let v = unsafe { _mm256_loadu_ps(ptr.add(r * cols + first + j + 8 * k)) };
                     mn[k] = _mm256_min_ps(mn[k], v);
                     mx[k] = _mm256_max_ps(mx[k], v);
                     nan[k] = _mm256_or_ps(nan[k], _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
@@ -411,7 +440,7 @@ mod avx {
             for k in 0..2 {
                 // `min_ps` drops a NaN met earlier; OR-ing the all-ones NaN mask restores it.
                 let (a, b) = (_mm256_or_ps(mn[k], nan[k]), _mm256_or_ps(mx[k], nan[k]));
-                // SAFETY: `j + 8k + 8 <= strips <= cols = min.len() = max.len()`.
+                // SAFETY: `j + 8k + 8 <= strips <= min.len() = max.len()`.
                 unsafe {
                     _mm256_storeu_ps(min.as_mut_ptr().add(j + 8 * k), a);
                     _mm256_storeu_ps(max.as_mut_ptr().add(j + 8 * k), b);
@@ -589,6 +618,23 @@ mod tests {
                 assert!(vals(mx).iter().all(|v| v.is_nan()));
                 continue;
             }
+            same(vals(mn), want_mn);
+            same(vals(mx), want_mx);
+        }
+        // Large enough to split over threads: 300 × 200 per-channel along the columns (tasks
+        // of 64 columns, a ragged last one) and per-group along the rows, with NaNs.
+        let (r2, c2) = (300, 200);
+        let mut big: Vec<f32> = (0..r2 * c2)
+            .map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0)
+            .collect();
+        big[17 * c2 + 70] = f32::NAN;
+        big[250 * c2 + 199] = f32::NAN;
+        assert!(big.len() >= PARALLEL_MIN_VALUES);
+        let xb = t2(&big, [r2, c2], &d);
+        for (g, axis, group) in [(PerChannel, 1, None), (PerGroup, 0, Some(100))] {
+            let l = QuantLayout::new(&[r2, c2], g, axis, group).unwrap();
+            let (mn, mx) = l.min_max(xb.clone());
+            let (want_mn, want_mx) = by_rows(&l, xb.clone());
             same(vals(mn), want_mn);
             same(vals(mx), want_mx);
         }

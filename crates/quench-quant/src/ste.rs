@@ -258,13 +258,26 @@ pub fn pact_clip<const D: usize>(x: Tensor<D>, alpha: Tensor<1>, signed: bool) -
 /// `(c - zp)·s`), so both give bit-identical values, codes and masks — `quantize_to_int`, which
 /// takes the op-by-op path, reproduces this forward exactly.
 mod cpu {
+    use std::mem::MaybeUninit;
+
     use burn::tensor::{DType, Device, Tensor, TensorData};
+    use rayon::prelude::*;
 
     use crate::qparams::HostCopy;
+
+    /// Elements per rayon task of the fused pass (whole rows or runs of them); below this many
+    /// in all, the pass runs on the calling thread.
+    const TASK_ELEMENTS: usize = 1 << 15;
+
+    /// One task's slices: output, mask (empty when not wanted).
+    type Slots<'a> = (&'a mut [MaybeUninit<f32>], &'a mut [MaybeUninit<f32>]);
 
     /// The fake-quantized `x` as a plain tensor and (if `with_mask`) its in-range mask as
     /// 1.0/0.0 in `x`'s row-major order; `None` when not applicable (another backend or dtype,
     /// or scales varying along more than one axis), for the op-by-op path.
+    ///
+    /// One pass reads `x`'s values (shared with the graph, not copied) and writes the output
+    /// and the mask into new, unfilled buffers, split over rayon's threads in runs of whole rows.
     pub(super) fn fake_quantize<const D: usize>(
         x: &Tensor<D>,
         host: Option<HostCopy>,
@@ -287,38 +300,69 @@ mod cpu {
             Some(z) => Some(z.to_data().try_to_vec::<f32>().ok()?),
             None => None,
         };
-        // The copy of `x` (shared with the graph or its parameter) becomes the output.
-        let HostCopy { mut values, device } = match host {
+        let host = match host {
             Some(host) => host,
             None => HostCopy::of(x)?,
         };
-        assert_eq!(values.len(), dims.iter().product::<usize>());
-        let mut keep = if with_mask {
-            vec![0.0; values.len()]
-        } else {
-            Vec::new()
-        };
+        let src = host.values();
+        let len = src.len();
+        assert_eq!(len, dims.iter().product::<usize>());
         let (lo, hi) = (qmin as f32, qmax as f32);
+        // Scales along the last axis: rows of `channels` elements, a scale per element. Else
+        // runs of `inner` elements sharing one scale, run `r` using scale `r % channels`.
+        let per_element = inner == 1 && channels > 1;
+        let unit = if per_element { channels } else { inner }.max(1);
+        let chunk = (TASK_ELEMENTS / unit).max(1) * unit;
+        let zero = vec![0.0; channels];
+        let z_all = zero_point.as_deref().unwrap_or(&zero);
         let zp = |k: usize| zero_point.as_ref().map_or(0.0, |z| z[k]);
-        if inner == 1 && channels > 1 {
-            // scales along the last axis: rows of `channels` elements, a scale per element
-            let zero = vec![0.0; channels];
-            let z = zero_point.as_deref().unwrap_or(&zero);
-            for (r, row) in values.chunks_exact_mut(channels).enumerate() {
-                let k = keep
-                    .get_mut(r * channels..(r + 1) * channels)
-                    .unwrap_or(&mut []);
-                per_element(row, k, &scale, z, lo, hi);
+        let task = |(t, (out, keep)): (usize, Slots)| {
+            let first = t * chunk;
+            let src = &src[first..first + out.len()];
+            let units = src.chunks_exact(unit).zip(out.chunks_exact_mut(unit));
+            for (i, (s, o)) in units.enumerate() {
+                let k = keep.get_mut(i * unit..(i + 1) * unit).unwrap_or(&mut []);
+                if per_element {
+                    per_element_row(s, o, k, &scale, z_all, lo, hi);
+                } else {
+                    let c = (first / unit + i) % channels;
+                    per_run(s, o, k, scale[c], zp(c), lo, hi);
+                }
             }
+        };
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let mut keep: Vec<f32> = Vec::with_capacity(if with_mask { len } else { 0 });
+        let out_slots = &mut out.spare_capacity_mut()[..len];
+        let tasks = len.div_ceil(chunk);
+        let keep_slots: Vec<&mut [MaybeUninit<f32>]> = if with_mask {
+            keep.spare_capacity_mut()[..len].chunks_mut(chunk).collect()
         } else {
-            // runs of `inner` elements sharing one scale
-            for (r, run) in values.chunks_exact_mut(inner).enumerate() {
-                let c = r % channels;
-                let k = keep.get_mut(r * inner..(r + 1) * inner).unwrap_or(&mut []);
-                per_run(run, k, scale[c], zp(c), lo, hi);
+            (0..tasks).map(|_| &mut [][..]).collect()
+        };
+        if len > TASK_ELEMENTS {
+            out_slots
+                .par_chunks_mut(chunk)
+                .zip(keep_slots)
+                .enumerate()
+                .for_each(task);
+        } else {
+            out_slots
+                .chunks_mut(chunk)
+                .zip(keep_slots)
+                .enumerate()
+                .for_each(task);
+        }
+        // SAFETY: the tasks cover the first `len` slots of `out` (and of `keep` when the mask
+        // is wanted) in whole units (`len` is a multiple of `unit`: `unit` is a dimension or
+        // the product of trailing ones), and `per_run` / `per_element_row` write every slot of
+        // each unit.
+        unsafe {
+            out.set_len(len);
+            if with_mask {
+                keep.set_len(len);
             }
         }
-        let q = Tensor::from_data(TensorData::new(values, dims), &device);
+        let q = Tensor::from_data(TensorData::new(out, dims), &host.device);
         Some((q, with_mask.then_some(keep)))
     }
 
@@ -344,37 +388,58 @@ mod cpu {
         ((c - z) * s, raw == c)
     }
 
-    /// `run` (in place) and its mask `keep` (empty: not wanted) with one scale and zero-point.
-    fn per_run(run: &mut [f32], keep: &mut [f32], s: f32, z: f32, lo: f32, hi: f32) {
+    /// `src` fake-quantized with one scale and zero-point into `out`, its mask into `keep`
+    /// (empty: not wanted); every slot of `out` (and `keep`) is written.
+    fn per_run(
+        src: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        keep: &mut [MaybeUninit<f32>],
+        s: f32,
+        z: f32,
+        lo: f32,
+        hi: f32,
+    ) {
+        assert_eq!(src.len(), out.len());
+        assert!(keep.is_empty() || keep.len() == src.len());
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx") {
-            // SAFETY: AVX is available (checked above).
-            done = unsafe { avx::per_run(run, keep, s, z, lo, hi) };
+            // SAFETY: AVX is available (checked above); lengths checked above.
+            done = unsafe { avx::per_run(src, out, keep, s, z, lo, hi) };
         }
-        for i in done..run.len() {
-            let (q, inside) = one(run[i], s, z, lo, hi);
-            run[i] = q;
+        for i in done..src.len() {
+            let (q, inside) = one(src[i], s, z, lo, hi);
+            out[i].write(q);
             if !keep.is_empty() {
-                keep[i] = inside as u8 as f32;
+                keep[i].write(inside as u8 as f32);
             }
         }
     }
 
-    /// `row` (in place) and its mask `keep` (empty: not wanted) with a scale and zero-point per
-    /// element.
-    fn per_element(row: &mut [f32], keep: &mut [f32], s: &[f32], z: &[f32], lo: f32, hi: f32) {
+    /// `src` fake-quantized with a scale and zero-point per element into `out`, its mask into
+    /// `keep` (empty: not wanted); every slot of `out` (and `keep`) is written.
+    fn per_element_row(
+        src: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        keep: &mut [MaybeUninit<f32>],
+        s: &[f32],
+        z: &[f32],
+        lo: f32,
+        hi: f32,
+    ) {
+        assert!(src.len() == out.len() && src.len() == s.len() && src.len() == z.len());
+        assert!(keep.is_empty() || keep.len() == src.len());
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx") {
-            // SAFETY: AVX is available (checked above).
-            done = unsafe { avx::per_element(row, keep, s, z, lo, hi) };
+            // SAFETY: AVX is available (checked above); lengths checked above.
+            done = unsafe { avx::per_element(src, out, keep, s, z, lo, hi) };
         }
-        for i in done..row.len() {
-            let (q, inside) = one(row[i], s[i], z[i], lo, hi);
-            row[i] = q;
+        for i in done..src.len() {
+            let (q, inside) = one(src[i], s[i], z[i], lo, hi);
+            out[i].write(q);
             if !keep.is_empty() {
-                keep[i] = inside as u8 as f32;
+                keep[i].write(inside as u8 as f32);
             }
         }
     }
@@ -382,6 +447,7 @@ mod cpu {
     #[cfg(target_arch = "x86_64")]
     mod avx {
         use std::arch::x86_64::*;
+        use std::mem::MaybeUninit;
 
         /// Eight lanes of [`super::one`]: (fake-quantized, mask as 1.0/0.0). `max_ps(lo, v)` and
         /// `min_ps(hi, v)` return their second operand when it is NaN, so NaN propagates as in
@@ -402,61 +468,74 @@ mod cpu {
         /// [`super::per_run`] on the leading multiple of 8 elements; returns how many it did.
         ///
         /// # Safety
-        /// The CPU must support AVX.
+        /// The CPU must support AVX; `out.len() == src.len()`, and `keep` is empty or as long.
         #[target_feature(enable = "avx")]
         pub(super) unsafe fn per_run(
-            run: &mut [f32],
-            keep: &mut [f32],
+            src: &[f32],
+            out: &mut [MaybeUninit<f32>],
+            keep: &mut [MaybeUninit<f32>],
             s: f32,
             z: f32,
             lo: f32,
             hi: f32,
         ) -> usize {
-            let n = run.len() / 8 * 8;
+            let n = src.len() / 8 * 8;
             let (sv, zv) = (_mm256_set1_ps(s), _mm256_set1_ps(z));
             let (lov, hiv) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
             let with_mask = !keep.is_empty();
+            let (out, keep) = (
+                out.as_mut_ptr().cast::<f32>(),
+                keep.as_mut_ptr().cast::<f32>(),
+            );
             for i in (0..n).step_by(8) {
-                // SAFETY: `i + 8 <= n <= run.len()`, and `keep.len() == run.len()` when used.
+                // SAFETY: `i + 8 <= n <= src.len()`, the length of `out` and (when used) `keep`.
                 unsafe {
-                    let (q, inside) = lanes(_mm256_loadu_ps(run.as_ptr().add(i)), sv, zv, lov, hiv);
-                    _mm256_storeu_ps(run.as_mut_ptr().add(i), q);
+                    let (q, inside) = lanes(_mm256_loadu_ps(src.as_ptr().add(i)), sv, zv, lov, hiv);
+                    _mm256_storeu_ps(out.add(i), q);
                     if with_mask {
-                        _mm256_storeu_ps(keep.as_mut_ptr().add(i), inside);
+                        _mm256_storeu_ps(keep.add(i), inside);
                     }
                 }
             }
             n
         }
 
-        /// [`super::per_element`] on the leading multiple of 8 elements; returns how many it did.
+        /// [`super::per_element_row`] on the leading multiple of 8 elements; returns how many
+        /// it did.
         ///
         /// # Safety
-        /// The CPU must support AVX.
+        /// The CPU must support AVX; `out`, `s` and `z` are as long as `src`, and `keep` is
+        /// empty or as long.
         #[target_feature(enable = "avx")]
         pub(super) unsafe fn per_element(
-            row: &mut [f32],
-            keep: &mut [f32],
+            src: &[f32],
+            out: &mut [MaybeUninit<f32>],
+            keep: &mut [MaybeUninit<f32>],
             s: &[f32],
             z: &[f32],
             lo: f32,
             hi: f32,
         ) -> usize {
-            let n = row.len() / 8 * 8;
+            let n = src.len() / 8 * 8;
             let (lov, hiv) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
             let with_mask = !keep.is_empty();
+            let (out, keep) = (
+                out.as_mut_ptr().cast::<f32>(),
+                keep.as_mut_ptr().cast::<f32>(),
+            );
             for i in (0..n).step_by(8) {
-                // SAFETY: `i + 8 <= n <= row.len() = s.len() = z.len()`, and
-                // `keep.len() == row.len()` when used.
+                // SAFETY: `i + 8 <= n <= src.len()`, the length of `out`, `s`, `z` and (when
+                // used) `keep`.
                 unsafe {
                     let (sv, zv) = (
                         _mm256_loadu_ps(s.as_ptr().add(i)),
                         _mm256_loadu_ps(z.as_ptr().add(i)),
                     );
-                    let (q, inside) = lanes(_mm256_loadu_ps(row.as_ptr().add(i)), sv, zv, lov, hiv);
-                    _mm256_storeu_ps(row.as_mut_ptr().add(i), q);
+                    let x = _mm256_loadu_ps(src.as_ptr().add(i));
+                    let (q, inside) = lanes(x, sv, zv, lov, hiv);
+                    _mm256_storeu_ps(out.add(i), q);
                     if with_mask {
-                        _mm256_storeu_ps(keep.as_mut_ptr().add(i), inside);
+                        _mm256_storeu_ps(keep.add(i), inside);
                     }
                 }
             }
@@ -812,9 +891,10 @@ pub(crate) mod tests {
     fn recorded_mask_node_equals_the_op_by_op_straight_through() {
         // The custom autodiff node (Flex) against `clipped_straight_through`'s three tracked
         // ops: the same values and the same gradient bits, with an upstream gradient of mixed
-        // signs (so clamped positions get -0.0 or 0.0 alike in both).
+        // signs (so clamped positions get -0.0 or 0.0 alike in both). 70 001 elements: the
+        // backward's product is split over threads, with a ragged last chunk.
         let d = ad();
-        let n = 257;
+        let n = 70_001;
         let xs: Vec<f32> = (0..n)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.11)
             .collect();

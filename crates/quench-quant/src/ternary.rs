@@ -50,11 +50,14 @@ fn absmax_host<const D: usize>(x: &Tensor<D>, qb: f32) -> Option<Tensor<D>> {
     if last == 0 {
         return None;
     }
-    let HostCopy { mut values, device } = HostCopy::of(x)?;
+    let host = HostCopy::of(x)?;
+    let src = host.values();
     // Rounding by `(t + M) - M` is exact half-to-even for |t| < 2^22; |v·s| ≤ qb−1 here (NaN
     // and ±inf rows propagate as in the tensor path's ops).
     const M: f32 = 12_582_912.0;
-    for row in values.chunks_exact_mut(last) {
+    // Written row by row from the source (one pass, no copy first).
+    let mut values = Vec::with_capacity(src.len());
+    for row in src.chunks_exact(last) {
         // `max` skips NaN and vectorizes; a NaN anywhere makes the row's amax NaN, as through
         // the tensor ops' `max_dim`.
         let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -64,11 +67,12 @@ fn absmax_host<const D: usize>(x: &Tensor<D>, qb: f32) -> Option<Tensor<D>> {
             amax.max(BITNET_EPS)
         };
         let scale = (qb - 1.0) / amax;
-        for v in row.iter_mut() {
-            let t = *v * scale;
-            *v = ((t + M) - M).clamp(-qb, qb - 1.0) / scale;
-        }
+        values.extend(row.iter().map(|v| {
+            let t = v * scale;
+            ((t + M) - M).clamp(-qb, qb - 1.0) / scale
+        }));
     }
+    let device = host.device;
     Some(Tensor::from_data(TensorData::new(values, dims), &device))
 }
 
@@ -77,11 +81,12 @@ fn absmax_host<const D: usize>(x: &Tensor<D>, qb: f32) -> Option<Tensor<D>> {
 /// layer's). `|W|` is summed in f64 (eight partial sums, added in a fixed order), then
 /// `γ = max(sum / n, eps)` in f32; codes round half to even like `round`.
 fn ternary_host<const D: usize>(w: &Tensor<D>, scaled: bool) -> Option<(Vec<f32>, f32, Device)> {
-    let HostCopy { mut values, device } = HostCopy::of(w)?;
-    if values.is_empty() {
+    let host = HostCopy::of(w)?;
+    let src = host.values();
+    if src.is_empty() {
         return None;
     }
-    let gamma = ((abs_sum_f64(&values) / values.len() as f64) as f32).max(BITNET_EPS);
+    let gamma = ((abs_sum_f64(src) / src.len() as f64) as f32).max(BITNET_EPS);
     // `(t + M) - M` with M = 1.5·2^23 rounds half to even (the FPU's mode) for |t| < 2^22, and
     // vectorizes, where `round_ties_even` is a libm call per element on baseline x86_64.
     // Clamping to ±2 first keeps |t| small and changes no code: round(±2) clamps to ±1 as
@@ -89,10 +94,14 @@ fn ternary_host<const D: usize>(w: &Tensor<D>, scaled: bool) -> Option<(Vec<f32>
     // (the code is −1, 0 or 1), the value `codes * γ` gives through the tensor ops.
     const M: f32 = 12_582_912.0;
     let unit = if scaled { gamma } else { 1.0 };
-    for v in &mut values {
-        let t = (*v / gamma).clamp(-2.0, 2.0);
-        *v = ((t + M) - M).clamp(-1.0, 1.0) * unit;
-    }
+    let values = src
+        .iter()
+        .map(|v| {
+            let t = (v / gamma).clamp(-2.0, 2.0);
+            ((t + M) - M).clamp(-1.0, 1.0) * unit
+        })
+        .collect();
+    let device = host.device;
     Some((values, gamma, device))
 }
 

@@ -11,6 +11,9 @@
 //! (`quench bench`, 2 threads, five alternating rounds), running the loop on a worker gave
 //! mlp-fp32 +15 %, lenet-fp32 +12 %, distill +8 % samples/s.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 /// Stack size of the pool's workers: the size of a Linux main thread's stack, since the whole
 /// command runs on a worker (rayon's default is 2 MiB).
 const WORKER_STACK_BYTES: usize = 8 << 20;
@@ -31,9 +34,63 @@ pub fn in_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
 
+/// Runs `f` (one training step) on the calling thread while every other worker of the pool
+/// polls for work instead of going to sleep.
+///
+/// Between two parallel ops of a step there is serial work (the autodiff bookkeeping, small
+/// tensor ops), long enough for an idle rayon worker to fall asleep (it yields a few dozen
+/// times, then waits on a futex). The next parallel op then pushes half of its work for a
+/// sleeping worker, and on this VM the wake-up takes about as long as the half itself: `perf`
+/// showed the step's thread running both halves of short ops (a 100 000-element product, a
+/// min/max pass) while the second worker slept. During `f`, each other worker runs a job that
+/// executes whatever work the pool has ([`rayon::yield_now`]) and spins when there is none, so
+/// a pushed half is stolen at once — what OpenMP runtimes (PyTorch's included) do by spinning
+/// for a while after each parallel region. The pollers stop when `f` returns (or unwinds), so
+/// workers sleep between steps and outside training.
+///
+/// With one thread, or called from outside the pool, `f` just runs.
+pub fn hot<R>(f: impl FnOnce() -> R) -> R {
+    let runner = rayon::current_thread_index();
+    if runner.is_none() || rayon::current_num_threads() < 2 {
+        return f();
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&done);
+    // One job per worker; the one that lands on this thread returns at once (it must not
+    // spin here: this thread runs `f`).
+    rayon::spawn_broadcast(move |ctx| {
+        if Some(ctx.index()) == runner {
+            return;
+        }
+        #[cfg(test)]
+        tests::POLLING.fetch_add(1, Ordering::SeqCst);
+        while !flag.load(Ordering::Acquire) {
+            if let Some(rayon::Yield::Idle) = rayon::yield_now() {
+                std::hint::spin_loop();
+            }
+        }
+        #[cfg(test)]
+        tests::POLLING.fetch_sub(1, Ordering::SeqCst);
+    });
+    /// Stops the pollers when `f` returns or unwinds.
+    struct Stop(Arc<AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let _stop = Stop(done);
+    f()
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+
     use super::*;
+
+    /// Pollers running now (all tests of this binary).
+    pub(super) static POLLING: AtomicUsize = AtomicUsize::new(0);
 
     #[test]
     fn runs_on_a_pool_worker_and_returns_the_result() {
@@ -51,6 +108,41 @@ mod tests {
             (outer, in_compute_pool(rayon::current_thread_index))
         });
         assert_eq!(outer, inner);
+    }
+
+    #[test]
+    fn hot_runs_the_step_here_and_releases_the_other_workers() {
+        use rayon::prelude::*;
+        for _ in 0..50 {
+            let (here, there, sum) = in_compute_pool(|| {
+                let here = rayon::current_thread_index();
+                hot(|| {
+                    // With a second worker, a poller runs while the step does.
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                    while rayon::current_num_threads() > 1 && POLLING.load(Ordering::SeqCst) == 0 {
+                        assert!(std::time::Instant::now() < deadline, "no poller started");
+                        std::hint::spin_loop();
+                    }
+                    let sum = (0..100_000u64).into_par_iter().map(|i| i ^ 3).sum::<u64>();
+                    (here, rayon::current_thread_index(), sum)
+                })
+            });
+            assert_eq!(here, there, "the step runs on the calling worker");
+            assert_eq!(sum, (0..100_000u64).map(|i| i ^ 3).sum::<u64>());
+        }
+        // Outside the pool it just runs; a step that panics still stops the pollers.
+        assert_eq!(hot(|| 7), 7);
+        let caught = std::panic::catch_unwind(|| in_compute_pool(|| hot(|| panic!("step"))));
+        assert!(caught.is_err());
+        // Every poller stops once its step is over.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while POLLING.load(Ordering::SeqCst) != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pollers still running"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     #[test]

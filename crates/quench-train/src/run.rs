@@ -341,6 +341,26 @@ pub(crate) fn train_step(
     loss_fn: &CrossEntropyLoss,
     step: u64,
 ) -> (Classifier, StepStats) {
+    // The other pool workers poll for the step's parallel work instead of sleeping.
+    crate::pool::hot(|| {
+        train_step_body(
+            model, optim, lr, train, idx, device, distiller, loss_fn, step,
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_step_body(
+    model: Classifier,
+    optim: &mut ModuleOptimizer,
+    lr: ModuleLearningRate,
+    train: &ImageSet,
+    idx: &[usize],
+    device: &Device,
+    distiller: Option<&Distiller>,
+    loss_fn: &CrossEntropyLoss,
+    step: u64,
+) -> (Classifier, StepStats) {
     let batch = train.batch(idx, device);
     let teacher_logits = distiller.map(|d| d.logits(idx, &batch.images));
     let logits = model.forward(batch.images);
