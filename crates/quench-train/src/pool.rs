@@ -42,36 +42,32 @@ pub fn in_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// times, then waits on a futex). The next parallel op then pushes half of its work for a
 /// sleeping worker, and on this VM the wake-up takes about as long as the half itself: `perf`
 /// showed the step's thread running both halves of short ops (a 100 000-element product, a
-/// min/max pass) while the second worker slept. During `f`, each other worker runs a job that
-/// executes whatever work the pool has ([`rayon::yield_now`]) and spins when there is none, so
-/// a pushed half is stolen at once — what OpenMP runtimes (PyTorch's included) do by spinning
-/// for a while after each parallel region. The pollers stop when `f` returns (or unwinds), so
-/// workers sleep between steps and outside training.
+/// min/max pass) while the second worker slept. During `f`, each other worker runs a polling
+/// job that executes whatever work the pool has ([`rayon::yield_now`]) and spins when there is
+/// none, so a pushed half is stolen at once — what OpenMP runtimes (PyTorch's included) do by
+/// spinning for a while after each parallel region. Workers sleep again between steps, in
+/// evaluation and in I/O.
+///
+/// **Why each poll is bounded.** A worker can pick a polling job up while it waits inside a
+/// join (rayon runs any pending job while it waits), and the join it waits in may be one the
+/// step's thread needs finished. A poller that only returned at the end of the step would then
+/// never return: the step would wait for the join, the join for the poller. So a poller returns
+/// after [`IDLE_POLLS`] polls in a row that found no work (about 0.1 ms), first queueing its
+/// successor on its own thread: at the top of a worker's loop the successor runs next and the
+/// polling goes on; inside a join, the join gets its turn to finish first. A successor taken by
+/// the step's own thread returns at once (that thread must not spin: it runs `f`).
 ///
 /// With one thread, or called from outside the pool, `f` just runs.
 pub fn hot<R>(f: impl FnOnce() -> R) -> R {
-    let runner = rayon::current_thread_index();
-    if runner.is_none() || rayon::current_num_threads() < 2 {
+    let Some(runner) = rayon::current_thread_index() else {
+        return f();
+    };
+    if rayon::current_num_threads() < 2 {
         return f();
     }
     let done = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&done);
-    // One job per worker; the one that lands on this thread returns at once (it must not
-    // spin here: this thread runs `f`).
-    rayon::spawn_broadcast(move |ctx| {
-        if Some(ctx.index()) == runner {
-            return;
-        }
-        #[cfg(test)]
-        tests::POLLING.fetch_add(1, Ordering::SeqCst);
-        while !flag.load(Ordering::Acquire) {
-            if let Some(rayon::Yield::Idle) = rayon::yield_now() {
-                std::hint::spin_loop();
-            }
-        }
-        #[cfg(test)]
-        tests::POLLING.fetch_sub(1, Ordering::SeqCst);
-    });
+    rayon::spawn_broadcast(move |_| poll(Arc::clone(&flag), runner));
     /// Stops the pollers when `f` returns or unwinds.
     struct Stop(Arc<AtomicBool>);
     impl Drop for Stop {
@@ -81,6 +77,35 @@ pub fn hot<R>(f: impl FnOnce() -> R) -> R {
     }
     let _stop = Stop(done);
     f()
+}
+
+/// Idle polls in a row after which a poller hands over to its successor (see [`hot`]).
+const IDLE_POLLS: u32 = 256;
+
+/// One polling job of [`hot`]: runs pending work until `done`, or until [`IDLE_POLLS`] polls in
+/// a row found none (then queues its successor and returns).
+fn poll(done: Arc<AtomicBool>, runner: usize) {
+    if rayon::current_thread_index() == Some(runner) {
+        return;
+    }
+    #[cfg(test)]
+    tests::POLLING.fetch_add(1, Ordering::SeqCst);
+    let mut idle = 0;
+    while !done.load(Ordering::Acquire) {
+        if let Some(rayon::Yield::Executed) = rayon::yield_now() {
+            idle = 0;
+            continue;
+        }
+        idle += 1;
+        if idle >= IDLE_POLLS {
+            let next = Arc::clone(&done);
+            rayon::spawn(move || poll(next, runner));
+            break;
+        }
+        std::hint::spin_loop();
+    }
+    #[cfg(test)]
+    tests::POLLING.fetch_sub(1, Ordering::SeqCst);
 }
 
 #[cfg(test)]
@@ -143,6 +168,49 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+
+    #[test]
+    fn hot_steps_with_nested_joins_finish() {
+        // Steps whose parallel work joins inside joins (as the convolution inside the autodiff
+        // graph does): a worker waiting in an inner join picks up pollers; each must return.
+        // A watchdog turns a hang into a failure.
+        use rayon::prelude::*;
+        let finished = Arc::new(AtomicBool::new(false));
+        let watch = Arc::clone(&finished);
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(120));
+            if !watch.load(Ordering::SeqCst) {
+                eprintln!("hot steps with nested joins did not finish in 120 s");
+                std::process::abort();
+            }
+        });
+        let total = in_compute_pool(|| {
+            (0..300u64)
+                .map(|step| {
+                    hot(|| {
+                        (0..64u64)
+                            .into_par_iter()
+                            .map(|i| {
+                                (0..1_000u64)
+                                    .into_par_iter()
+                                    .map(|j| i * j + step)
+                                    .sum::<u64>()
+                            })
+                            .sum::<u64>()
+                    })
+                })
+                .sum::<u64>()
+        });
+        finished.store(true, Ordering::SeqCst);
+        let want: u64 = (0..300u64)
+            .map(|step| {
+                (0..64u64)
+                    .map(|i| (0..1_000u64).map(|j| i * j + step).sum::<u64>())
+                    .sum::<u64>()
+            })
+            .sum();
+        assert_eq!(total, want);
     }
 
     #[test]
