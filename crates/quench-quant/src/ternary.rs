@@ -5,11 +5,16 @@
 //! (Wang et al. 2023): scales are clamped below at [`BITNET_EPS`] rather than offset by it, so a
 //! weight is exactly `code·γ` and integer inference reproduces the fake forward bit-for-bit.
 
+use std::mem::MaybeUninit;
+
 use burn::tensor::{Device, Tensor, TensorData};
+use rayon::prelude::*;
 
 use crate::qparams::HostCopy;
-
 use crate::ste::{round_add_zp, straight_through};
+
+/// Elements per rayon task of the host passes; below this, they run on the calling thread.
+const PARALLEL_CHUNK: usize = 1 << 15;
 
 /// Lower bound of BitNet scales (`mean|W|`, `max|x|`), so all-zero tensors do not divide by 0.
 pub const BITNET_EPS: f32 = 1e-5;
@@ -55,23 +60,40 @@ fn absmax_host<const D: usize>(x: &Tensor<D>, qb: f32) -> Option<Tensor<D>> {
     // Rounding by `(t + M) - M` is exact half-to-even for |t| < 2^22; |v·s| ≤ qb−1 here (NaN
     // and ±inf rows propagate as in the tensor path's ops).
     const M: f32 = 12_582_912.0;
-    // Written row by row from the source (one pass, no copy first).
-    let mut values = Vec::with_capacity(src.len());
-    for row in src.chunks_exact(last) {
-        // `max` skips NaN and vectorizes; a NaN anywhere makes the row's amax NaN, as through
-        // the tensor ops' `max_dim`.
-        let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let amax = if row.iter().any(|v| v.is_nan()) {
-            f32::NAN
-        } else {
-            amax.max(BITNET_EPS)
-        };
-        let scale = (qb - 1.0) / amax;
-        values.extend(row.iter().map(|v| {
-            let t = v * scale;
-            ((t + M) - M).clamp(-qb, qb - 1.0) / scale
-        }));
+    // Written row by row from the source (one pass, no copy first), in tasks of whole rows
+    // across threads for large inputs (each row on its own: the same bits).
+    let quantize_rows = |src: &[f32], out: &mut [MaybeUninit<f32>]| {
+        for (row, out) in src.chunks_exact(last).zip(out.chunks_exact_mut(last)) {
+            // `max` skips NaN and vectorizes; a NaN anywhere makes the row's amax NaN, as
+            // through the tensor ops' `max_dim`.
+            let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let amax = if row.iter().any(|v| v.is_nan()) {
+                f32::NAN
+            } else {
+                amax.max(BITNET_EPS)
+            };
+            let scale = (qb - 1.0) / amax;
+            for (o, v) in out.iter_mut().zip(row) {
+                let t = v * scale;
+                o.write(((t + M) - M).clamp(-qb, qb - 1.0) / scale);
+            }
+        }
+    };
+    let len = src.len();
+    let mut values: Vec<f32> = Vec::with_capacity(len);
+    let slots = &mut values.spare_capacity_mut()[..len];
+    let chunk = (PARALLEL_CHUNK / last).max(1) * last;
+    if len > PARALLEL_CHUNK {
+        slots
+            .par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
+            .for_each(|(out, src)| quantize_rows(src, out));
+    } else {
+        quantize_rows(src, slots);
     }
+    // SAFETY: `len` is a multiple of `last` (the last axis), and `quantize_rows` wrote every
+    // slot of every row.
+    unsafe { values.set_len(len) };
     let device = host.device;
     Some(Tensor::from_data(TensorData::new(values, dims), &device))
 }
@@ -94,8 +116,10 @@ fn ternary_host<const D: usize>(w: &Tensor<D>, scaled: bool) -> Option<(Vec<f32>
     // (the code is −1, 0 or 1), the value `codes * γ` gives through the tensor ops.
     const M: f32 = 12_582_912.0;
     let unit = if scaled { gamma } else { 1.0 };
+    // Elementwise, so splitting over threads changes no bit.
     let values = src
-        .iter()
+        .par_iter()
+        .with_min_len(PARALLEL_CHUNK)
         .map(|v| {
             let t = (v / gamma).clamp(-2.0, 2.0);
             ((t + M) - M).clamp(-1.0, 1.0) * unit
@@ -211,8 +235,9 @@ mod tests {
     fn host_fast_paths_equal_the_tensor_ops_bit_for_bit() {
         let d = Device::flex();
         d.seed(7);
+        // 400 random rows: more than one task of whole rows (the pass splits over threads).
         let x = burn::tensor::Tensor::<2>::random(
-            [64, 96],
+            [400, 96],
             burn::tensor::Distribution::Normal(0.0, 3.0),
             &d,
         );
@@ -251,7 +276,7 @@ mod tests {
                     .collect::<Vec<_>>()
             };
             assert!(canon(&a) == canon(&b), "{bits}-bit activations differ");
-            assert!(a[64 * 96 + 96..64 * 96 + 192].iter().all(|v| v.is_nan()));
+            assert!(a[400 * 96 + 96..400 * 96 + 192].iter().all(|v| v.is_nan()));
         }
         // Ternary: the host codes are round-half-even(W/γ) clamped, γ = mean|W|.
         let w = vec![0.5f32, -1.5, 0.25, 2.0, -0.0, 0.75];
@@ -269,6 +294,18 @@ mod tests {
         let want_q: Vec<u32> = codes.iter().map(|c| (c * g).to_bits()).collect();
         assert_eq!(q.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want_q);
         assert_eq!(vals(ternary_weight(t1(&w, &d))), q);
+        // A weight large enough to split the code pass over threads: every code as above.
+        let big = burn::tensor::Tensor::<2>::random(
+            [300, 200],
+            burn::tensor::Distribution::Normal(0.0, 0.05),
+            &d,
+        );
+        let (codes, g, _) = ternary_host(&big, false).unwrap();
+        let want: Vec<f32> = vals(big)
+            .iter()
+            .map(|v| (v / g).round_ties_even().clamp(-1.0, 1.0))
+            .collect();
+        assert_eq!(codes, want);
     }
 
     #[test]
