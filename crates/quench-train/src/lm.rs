@@ -540,41 +540,54 @@ pub fn run_lm(exp: &Experiment, opts: &RunOptions) -> Result<LmSummary, TrainErr
             &mut rng,
             &train_device,
         )?;
-        let logits = model
-            .forward(x)
-            .reshape([tokens_per_step, corpus.vocab_size()]);
-        let y = y.reshape([tokens_per_step]);
-        let loss = loss_fn.forward(logits.clone(), y.clone());
-        let correct = logits
-            .detach()
-            .argmax(1)
-            .reshape([tokens_per_step])
-            .equal(y)
-            .int()
-            .sum();
-        let mut loss_value = loss.clone().into_scalar::<f32>() as f64;
-        if crate::run::fault_nan_at(it as u64 + 1) {
-            loss_value = f64::NAN;
-        }
-        if !loss_value.is_finite() {
-            // Checked before backward: the weights stay those of the last good iteration.
-            let weights = match crate::run::first_nonfinite_param(&model) {
-                Some(p) => format!("the weights of `{p}` are the first to hold NaN/inf"),
-                None => "every weight is finite, so this batch's forward pass or loss overflowed"
-                    .to_string(),
-            };
-            let kept = crate::run::kept_checkpoint_note(last_ckpt.as_deref());
-            return Err(TrainError::Diverged {
-                step: it as u64 + 1,
-                detail: format!(
-                    "training loss is {loss_value} at iteration {}; {weights}; {kept}",
-                    it + 1
-                ),
-            });
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(lr, model, grads);
-        let correct_value = correct.into_scalar::<i64>();
+        // The step itself, with the other pool workers polling for its parallel work
+        // (`pool::hot`); it hands the model back, updated unless the loss was not finite.
+        let (next, outcome) = crate::pool::hot(|| {
+            let logits = model
+                .forward(x)
+                .reshape([tokens_per_step, corpus.vocab_size()]);
+            let y = y.reshape([tokens_per_step]);
+            let loss = loss_fn.forward(logits.clone(), y.clone());
+            let correct = logits
+                .detach()
+                .argmax(1)
+                .reshape([tokens_per_step])
+                .equal(y)
+                .int()
+                .sum();
+            let mut loss_value = loss.clone().into_scalar::<f32>() as f64;
+            if crate::run::fault_nan_at(it as u64 + 1) {
+                loss_value = f64::NAN;
+            }
+            if !loss_value.is_finite() {
+                return (model, Err(loss_value));
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let model = optim.step(lr, model, grads);
+            (model, Ok((loss_value, correct.into_scalar::<i64>())))
+        });
+        model = next;
+        let (loss_value, correct_value) = match outcome {
+            Ok(done) => done,
+            Err(loss_value) => {
+                // Checked before backward: the weights stay those of the last good iteration.
+                let weights = match crate::run::first_nonfinite_param(&model) {
+                    Some(p) => format!("the weights of `{p}` are the first to hold NaN/inf"),
+                    None => {
+                        "every weight is finite, so this batch's forward pass or loss overflowed"
+                            .to_string()
+                    }
+                };
+                let kept = crate::run::kept_checkpoint_note(last_ckpt.as_deref());
+                return Err(TrainError::Diverged {
+                    step: it as u64 + 1,
+                    detail: format!(
+                        "training loss is {loss_value} at iteration {}; {weights}; {kept}",
+                        it + 1
+                    ),
+                });
+            }
+        };
         let dt = step_start.elapsed().as_secs_f64();
         let done = it + 1;
         steps_here += 1;
