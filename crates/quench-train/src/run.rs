@@ -342,68 +342,51 @@ pub(crate) fn train_step(
     step: u64,
 ) -> (Classifier, StepStats) {
     // The other pool workers poll for the step's parallel work instead of sleeping.
-    crate::pool::hot(|| {
-        train_step_body(
-            model, optim, lr, train, idx, device, distiller, loss_fn, step,
-        )
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn train_step_body(
-    model: Classifier,
-    optim: &mut ModuleOptimizer,
-    lr: ModuleLearningRate,
-    train: &ImageSet,
-    idx: &[usize],
-    device: &Device,
-    distiller: Option<&Distiller>,
-    loss_fn: &CrossEntropyLoss,
-    step: u64,
-) -> (Classifier, StepStats) {
-    let batch = train.batch(idx, device);
-    let teacher_logits = distiller.map(|d| d.logits(idx, &batch.images));
-    let logits = model.forward(batch.images);
-    let (loss, kd) = match (distiller, teacher_logits) {
-        (Some(d), Some(t)) => {
-            let out =
-                d.kd.forward(logits.clone(), t.clone(), batch.labels.clone());
-            let agree = quench_distill::agreement(logits.clone().detach(), t);
-            (
-                out.total,
-                Some((
-                    out.soft.into_scalar::<f32>(),
-                    out.hard.into_scalar::<f32>(),
-                    agree,
-                )),
-            )
+    crate::pool::hot(move || {
+        let batch = train.batch(idx, device);
+        let teacher_logits = distiller.map(|d| d.logits(idx, &batch.images));
+        let logits = model.forward(batch.images);
+        let (loss, kd) = match (distiller, teacher_logits) {
+            (Some(d), Some(t)) => {
+                let out =
+                    d.kd.forward(logits.clone(), t.clone(), batch.labels.clone());
+                let agree = quench_distill::agreement(logits.clone().detach(), t);
+                (
+                    out.total,
+                    Some((
+                        out.soft.into_scalar::<f32>(),
+                        out.hard.into_scalar::<f32>(),
+                        agree,
+                    )),
+                )
+            }
+            _ => (loss_fn.forward(logits.clone(), batch.labels.clone()), None),
+        };
+        let correct = count_correct(logits.detach(), batch.labels);
+        let mut loss_value = loss.clone().into_scalar::<f32>() as f64;
+        if fault_nan_at(step) {
+            loss_value = f64::NAN;
         }
-        _ => (loss_fn.forward(logits.clone(), batch.labels.clone()), None),
-    };
-    let correct = count_correct(logits.detach(), batch.labels);
-    let mut loss_value = loss.clone().into_scalar::<f32>() as f64;
-    if fault_nan_at(step) {
-        loss_value = f64::NAN;
-    }
-    if !loss_value.is_finite() {
-        // Never step on a non-finite loss: the weights stay those of the last good step.
+        if !loss_value.is_finite() {
+            // Never step on a non-finite loss: the weights stay those of the last good step.
+            let stats = StepStats {
+                loss: loss_value,
+                correct: 0,
+                kd,
+                stepped: false,
+            };
+            return (model, stats);
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let model = optim.step(lr, model, grads);
         let stats = StepStats {
             loss: loss_value,
-            correct: 0,
+            correct: correct.into_scalar::<i64>(),
+            stepped: true,
             kd,
-            stepped: false,
         };
-        return (model, stats);
-    }
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    let model = optim.step(lr, model, grads);
-    let stats = StepStats {
-        loss: loss_value,
-        correct: correct.into_scalar::<i64>(),
-        stepped: true,
-        kd,
-    };
-    (model, stats)
+        (model, stats)
+    })
 }
 
 /// Builds the recipe's model (each layer float / QAT / ternary / binary per `[quant]`).
