@@ -11,8 +11,8 @@
 //! (`quench bench`, 2 threads, five alternating rounds), running the loop on a worker gave
 //! mlp-fp32 +15 %, lenet-fp32 +12 %, distill +8 % samples/s.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// Stack size of the pool's workers: the size of a Linux main thread's stack, since the whole
 /// command runs on a worker (rayon's default is 2 MiB).
@@ -66,8 +66,7 @@ pub fn hot<R>(f: impl FnOnce() -> R) -> R {
     let Some(runner) = rayon::current_thread_index() else {
         return f();
     };
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    if !worth_polling(rayon::current_num_threads(), cores) {
+    if !worth_polling(rayon::current_num_threads(), cores()) {
         return f();
     }
     let done = Arc::new(AtomicBool::new(false));
@@ -82,6 +81,13 @@ pub fn hot<R>(f: impl FnOnce() -> R) -> R {
     }
     let _stop = Stop(done);
     f()
+}
+
+/// The CPUs this process may use, read once: `available_parallelism` reads the affinity mask
+/// and the cgroup quota files on every call, and [`hot`] asks once per training step.
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 /// Whether [`hot`] polls: with a second worker, and no more workers than cores.
@@ -161,8 +167,7 @@ mod tests {
                 hot(|| {
                     // With a second worker (and a core for it), a poller runs while the step
                     // does.
-                    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-                    let polls = worth_polling(rayon::current_num_threads(), cores);
+                    let polls = worth_polling(rayon::current_num_threads(), cores());
                     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
                     while polls && POLLING.load(Ordering::SeqCst) == 0 {
                         assert!(std::time::Instant::now() < deadline, "no poller started");
