@@ -47,6 +47,17 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+/// Elements per rayon task of quench's host passes (fake quantization, BitNet, masks,
+/// min/max): a pass over at most this many runs on the calling thread.
+pub(crate) const TASK_ELEMENTS: usize = 1 << 15;
+
+/// Elements per task of a pass over whole units of `unit` elements (rows, runs sharing a
+/// scale): as many units as fit in [`TASK_ELEMENTS`], at least one.
+pub(crate) fn task_len(unit: usize) -> usize {
+    let unit = unit.max(1);
+    (TASK_ELEMENTS / unit).max(1) * unit
+}
+
 /// The autodiff backend quench's training tensors live on (no gradient checkpointing).
 pub(crate) type Ad = Autodiff<Flex, NoCheckpointing>;
 
@@ -428,7 +439,7 @@ impl Backward<Flex, 1> for MaskedIdentity {
                 // across threads for large gradients.
                 let values: Vec<f32> = slice(&dy)
                     .par_iter()
-                    .with_min_len(1 << 15)
+                    .with_min_len(TASK_ELEMENTS)
                     .zip(keep)
                     .map(|(g, k)| g * k)
                     .collect();
@@ -441,16 +452,11 @@ impl Backward<Flex, 1> for MaskedIdentity {
 
 /// `values[i] *= factors[i]`, AVX2 when the CPU has it.
 fn mul_in_place(values: &mut [f32], factors: &[f32]) {
-    // Elementwise, so splitting over threads changes no bit.
-    const CHUNK: usize = 1 << 15;
-    if values.len() > CHUNK {
-        values
-            .par_chunks_mut(CHUNK)
-            .zip(factors.par_chunks(CHUNK))
-            .for_each(|(v, f)| mul_in_place_serial(v, f));
-    } else {
-        mul_in_place_serial(values, factors);
-    }
+    // Elementwise, so splitting over threads changes no bit (one chunk runs right here).
+    values
+        .par_chunks_mut(TASK_ELEMENTS)
+        .zip(factors.par_chunks(TASK_ELEMENTS))
+        .for_each(|(v, f)| mul_in_place_serial(v, f));
 }
 
 fn mul_in_place_serial(values: &mut [f32], factors: &[f32]) {

@@ -21,6 +21,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::error::QuantError;
+use crate::flexops::TASK_ELEMENTS;
 use crate::spec::{Granularity, QuantSpec};
 
 /// Smallest scale ever used, so an all-zero range does not divide by zero.
@@ -327,7 +328,7 @@ fn host_min_max(values: &[f32], outer: usize, len: usize, inner: usize) -> (Vec<
     // in row order, so the split changes no bit), across threads when there is enough work.
     let inner_len = inner.max(1);
     let block = |o: usize| &values[o * len * inner..(o + 1) * len * inner];
-    if values.len() >= PARALLEL_MIN_VALUES {
+    if values.len() >= TASK_ELEMENTS {
         min.par_chunks_mut(inner_len)
             .zip(max.par_chunks_mut(inner_len))
             .enumerate()
@@ -353,9 +354,6 @@ fn host_min_max(values: &[f32], outer: usize, len: usize, inner: usize) -> (Vec<
 
 /// Columns per task of [`host_min_max`]: four 16-column strips.
 const COLUMNS_PER_TASK: usize = 64;
-
-/// Below this many values [`host_min_max`] runs on the calling thread.
-const PARALLEL_MIN_VALUES: usize = 1 << 15;
 
 /// `min` that propagates NaN (`f32::min` drops it).
 fn nan_min(a: f32, b: f32) -> f32 {
@@ -629,7 +627,7 @@ mod tests {
             .collect();
         big[17 * c2 + 70] = f32::NAN;
         big[250 * c2 + 199] = f32::NAN;
-        assert!(big.len() >= PARALLEL_MIN_VALUES);
+        assert!(big.len() >= TASK_ELEMENTS);
         let xb = t2(&big, [r2, c2], &d);
         for (g, axis, group) in [(PerChannel, 1, None), (PerGroup, 0, Some(100))] {
             let l = QuantLayout::new(&[r2, c2], g, axis, group).unwrap();

@@ -263,11 +263,8 @@ mod cpu {
     use burn::tensor::{DType, Device, Tensor, TensorData};
     use rayon::prelude::*;
 
+    use crate::flexops::task_len;
     use crate::qparams::HostCopy;
-
-    /// Elements per rayon task of the fused pass (whole rows or runs of them); below this many
-    /// in all, the pass runs on the calling thread.
-    const TASK_ELEMENTS: usize = 1 << 15;
 
     /// One task's slices: output, mask (empty when not wanted).
     type Slots<'a> = (&'a mut [MaybeUninit<f32>], &'a mut [MaybeUninit<f32>]);
@@ -312,7 +309,7 @@ mod cpu {
         // runs of `inner` elements sharing one scale, run `r` using scale `r % channels`.
         let per_element = inner == 1 && channels > 1;
         let unit = if per_element { channels } else { inner }.max(1);
-        let chunk = (TASK_ELEMENTS / unit).max(1) * unit;
+        let chunk = task_len(unit);
         let zero = vec![0.0; channels];
         let z_all = zero_point.as_deref().unwrap_or(&zero);
         let zp = |k: usize| zero_point.as_ref().map_or(0.0, |z| z[k]);
@@ -339,19 +336,12 @@ mod cpu {
         } else {
             (0..tasks).map(|_| &mut [][..]).collect()
         };
-        if len > TASK_ELEMENTS {
-            out_slots
-                .par_chunks_mut(chunk)
-                .zip(keep_slots)
-                .enumerate()
-                .for_each(task);
-        } else {
-            out_slots
-                .chunks_mut(chunk)
-                .zip(keep_slots)
-                .enumerate()
-                .for_each(task);
-        }
+        // One task (a pass of up to `chunk` elements) runs right here.
+        out_slots
+            .par_chunks_mut(chunk)
+            .zip(keep_slots)
+            .enumerate()
+            .for_each(task);
         // SAFETY: the tasks cover the first `len` slots of `out` (and of `keep` when the mask
         // is wanted) in whole units (`len` is a multiple of `unit`: `unit` is a dimension or
         // the product of trailing ones), and `per_run` / `per_element_row` write every slot of

@@ -10,11 +10,9 @@ use std::mem::MaybeUninit;
 use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 
+use crate::flexops::{TASK_ELEMENTS, task_len};
 use crate::qparams::HostCopy;
 use crate::ste::{round_add_zp, straight_through};
-
-/// Elements per rayon task of the host passes; below this, they run on the calling thread.
-const PARALLEL_CHUNK: usize = 1 << 15;
 
 /// Lower bound of BitNet scales (`mean|W|`, `max|x|`), so all-zero tensors do not divide by 0.
 pub const BITNET_EPS: f32 = 1e-5;
@@ -82,15 +80,12 @@ fn absmax_host<const D: usize>(x: &Tensor<D>, qb: f32) -> Option<Tensor<D>> {
     let len = src.len();
     let mut values: Vec<f32> = Vec::with_capacity(len);
     let slots = &mut values.spare_capacity_mut()[..len];
-    let chunk = (PARALLEL_CHUNK / last).max(1) * last;
-    if len > PARALLEL_CHUNK {
-        slots
-            .par_chunks_mut(chunk)
-            .zip(src.par_chunks(chunk))
-            .for_each(|(out, src)| quantize_rows(src, out));
-    } else {
-        quantize_rows(src, slots);
-    }
+    // One task (up to `chunk` elements) runs right here.
+    let chunk = task_len(last);
+    slots
+        .par_chunks_mut(chunk)
+        .zip(src.par_chunks(chunk))
+        .for_each(|(out, src)| quantize_rows(src, out));
     // SAFETY: `len` is a multiple of `last` (the last axis), and `quantize_rows` wrote every
     // slot of every row.
     unsafe { values.set_len(len) };
@@ -119,7 +114,7 @@ fn ternary_host<const D: usize>(w: &Tensor<D>, scaled: bool) -> Option<(Vec<f32>
     // Elementwise, so splitting over threads changes no bit.
     let values = src
         .par_iter()
-        .with_min_len(PARALLEL_CHUNK)
+        .with_min_len(TASK_ELEMENTS)
         .map(|v| {
             let t = (v / gamma).clamp(-2.0, 2.0);
             ((t + M) - M).clamp(-1.0, 1.0) * unit
