@@ -179,6 +179,16 @@ pub(crate) enum Input {
     Tracked(FloatTensor<Ad>),
 }
 
+impl Input {
+    /// The Flex value, without its autodiff node.
+    pub(crate) fn into_plain(self) -> FlexTensor {
+        match self {
+            Input::Plain(p) => p,
+            Input::Tracked(t) => t.into_primitive(),
+        }
+    }
+}
+
 /// Splits `t` into its primitive; `None`: not on Flex, or checkpointed (use burn's op).
 pub(crate) fn primitive<const D: usize>(t: Tensor<D>) -> Option<Input> {
     let d: DispatchTensor = t.into_dispatch();
@@ -291,11 +301,8 @@ pub(crate) fn run_weighted<O: WeightedOp, const D: usize, const E: usize>(
     };
     let tracked = |i: &Input| matches!(i, Input::Tracked(_));
     if !(tracked(&x) || tracked(&w) || b.as_ref().is_some_and(tracked)) {
-        let plain = |i: Input| match i {
-            Input::Plain(p) => p,
-            Input::Tracked(t) => t.into_primitive(),
-        };
-        let out = op.forward(&plain(x), &plain(w), b.map(plain).as_ref());
+        let b = b.map(Input::into_plain);
+        let out = op.forward(&x.into_plain(), &w.into_plain(), b.as_ref());
         return Ok(Tensor::from_primitive::<Flex>(out));
     }
     let as_tracked = |i: Input| match i {

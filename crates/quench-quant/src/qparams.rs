@@ -301,10 +301,7 @@ impl HostCopy {
         if x.dtype() != DType::F32 || x.device() != Device::flex() {
             return None;
         }
-        let p = match crate::flexops::primitive(x.clone())? {
-            crate::flexops::Input::Plain(p) => p,
-            crate::flexops::Input::Tracked(t) => t.into_primitive(),
-        };
+        let p = crate::flexops::primitive(x.clone())?.into_plain();
         Some(Self {
             tensor: crate::flexops::contiguous(&p),
             device: Device::flex(),
