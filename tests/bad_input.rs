@@ -25,8 +25,11 @@ const IDX_FILES: [&str; 4] = [
     "t10k-labels-idx1-ubyte.gz",
 ];
 
+/// The checkout's root, read when the test runs (cargo sets it): `env!` bakes in the path of
+/// the checkout that compiled the test, stale when a target dir is reused by another clone.
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from)
 }
 
 fn quench(args: &[&str]) -> std::process::Output {

@@ -398,8 +398,11 @@ fn kd_loss_and_its_gradient_match_flex() {
     });
 }
 
+/// The checkout's root, read when the test runs (cargo sets it): `env!` bakes in the path of
+/// the checkout that compiled the test, stale when a target dir is reused by another clone.
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from)
 }
 
 /// `quench run <recipe> --device <device>` for one epoch (469 steps), the summary.

@@ -336,30 +336,32 @@ pub(crate) fn run_weighted<O: WeightedOp, const D: usize, const E: usize>(
     Ok(Tensor::from_primitive::<Ad>(out))
 }
 
-/// `y = q` with `dy/dx = keep` (1.0 where a fake-quantized code was in range, 0.0 where it was
-/// clamped) as one autodiff node on Flex: the clipped straight-through estimator without the
-/// three tracked ops (`x·keep`, a subtraction, an add) of the op-by-op form. The backward is
-/// `dy·keep` elementwise, the same product burn's `mul` backward forms, so the gradient bits are
-/// unchanged. `Err(keep)` hands the mask back when `x` is not a tracked Flex f32 tensor.
+/// `y = q` with `dy/dx` 1, but 0 at the `clamped` positions of a fake-quantized tensor's codes,
+/// as one autodiff node on Flex: the clipped straight-through estimator without the three
+/// tracked ops (`x·keep`, a subtraction, an add) of the op-by-op form. The backward multiplies
+/// the listed gradients by 0.0 in place, the bits a 0/1 mask's product gives (burn's `mul`
+/// backward), and leaves the rest. `Err(clamped)` hands the list back when `x` is not a tracked
+/// Flex f32 tensor.
 pub(crate) fn masked_straight_through<const D: usize>(
     x: Tensor<D>,
     q: Tensor<D>,
-    keep: Vec<f32>,
-) -> Result<Tensor<D>, Vec<f32>> {
-    if x.dtype() != DType::F32 || keep.len() != q.shape().num_elements() {
-        return Err(keep);
+    clamped: Vec<u32>,
+) -> Result<Tensor<D>, Vec<u32>> {
+    let len = q.shape().num_elements();
+    if x.dtype() != DType::F32 || clamped.last().is_some_and(|&i| i as usize >= len) {
+        return Err(clamped);
     }
     let q = match primitive(q) {
         Some(Input::Plain(q)) => q,
-        _ => return Err(keep),
+        _ => return Err(clamped),
     };
     let x = match primitive(x) {
         Some(Input::Tracked(x)) => x,
-        _ => return Err(keep),
+        _ => return Err(clamped),
     };
     #[cfg(test)]
     tests::MASK_CALLS.with(|n| n.set(n.get() + 1));
-    let out = record_unary(MaskedIdentity, &x, q, || std::sync::Arc::new(keep));
+    let out = record_unary(MaskedIdentity, &x, q, || std::sync::Arc::new(clamped));
     Ok(Tensor::from_primitive::<Ad>(out))
 }
 
@@ -427,65 +429,27 @@ impl Backward<Flex, 1> for Identity {
 struct MaskedIdentity;
 
 impl Backward<Flex, 1> for MaskedIdentity {
-    type State = std::sync::Arc<Vec<f32>>;
+    /// The clamped positions, ascending.
+    type State = std::sync::Arc<Vec<u32>>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
         let Some(node) = node else { return };
-        let keep = &ops.state[..];
-        // In place when the gradient buffer is not shared (the usual case), else into a copy.
-        let mut dy = contiguous(&dy);
-        let dx = match dy.try_storage_mut::<f32>() {
-            Some(values) if values.len() == keep.len() => {
-                mul_in_place(values, keep);
-                dy
+        // In place when the gradient buffer is not shared (the usual case), else in a copy.
+        // (Its storage must be exactly the values: a row-major view may start at an offset.)
+        let mut dx = into_contiguous(dy);
+        let len = dx.shape().num_elements();
+        if dx.try_storage_mut::<f32>().is_none_or(|v| v.len() != len) {
+            dx = FlexTensor::from_data(TensorData::new(slice(&dx).to_vec(), dx.shape()));
+        }
+        if let Some(values) = dx.try_storage_mut::<f32>() {
+            // `g·0`, what a 0/1 mask's product gives: ±0 by the sign of `g`, NaN for NaN or ±inf.
+            for &i in ops.state.iter() {
+                values[i as usize] *= 0.0;
             }
-            _ => {
-                // One pass from the shared buffer into a new one (not a copy, then the product),
-                // across threads for large gradients.
-                let values: Vec<f32> = slice(&dy)
-                    .par_iter()
-                    .with_min_len(TASK_ELEMENTS)
-                    .zip(keep)
-                    .map(|(g, k)| g * k)
-                    .collect();
-                FlexTensor::from_data(TensorData::new(values, dy.shape()))
-            }
-        };
+        }
         grads.register::<Flex>(node.id, dx);
-    }
-}
-
-/// `values[i] *= factors[i]`, AVX2 when the CPU has it.
-fn mul_in_place(values: &mut [f32], factors: &[f32]) {
-    // Elementwise, so splitting over threads changes no bit (one chunk runs right here).
-    values
-        .par_chunks_mut(TASK_ELEMENTS)
-        .zip(factors.par_chunks(TASK_ELEMENTS))
-        .for_each(|(v, f)| mul_in_place_serial(v, f));
-}
-
-fn mul_in_place_serial(values: &mut [f32], factors: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { mul_in_place_avx2(values, factors) };
-        return;
-    }
-    mul_in_place_body(values, factors);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn mul_in_place_avx2(values: &mut [f32], factors: &[f32]) {
-    mul_in_place_body(values, factors);
-}
-
-#[inline(always)]
-fn mul_in_place_body(values: &mut [f32], factors: &[f32]) {
-    for (v, f) in values.iter_mut().zip(factors) {
-        *v *= f;
     }
 }
 
@@ -567,6 +531,16 @@ impl WeightedOp for HostConv {
     }
     fn backward(&self, x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, need: Needs) -> Grads {
         backward(x, w, dy, &self.0, need)
+    }
+}
+
+/// `t` itself when row-major, else a row-major copy: no second handle on the buffer, so an
+/// unshared buffer stays writable in place ([`contiguous`] of a borrowed `t` shares it).
+pub(crate) fn into_contiguous(t: FlexTensor) -> FlexTensor {
+    if t.as_slice::<f32>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
     }
 }
 

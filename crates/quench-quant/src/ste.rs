@@ -85,13 +85,16 @@ pub(crate) fn fake_quantize_affine_with<const D: usize>(
     let tracked = x.is_tracked();
     let fused = cpu::fake_quantize(&x, host, &scale, zero_point.as_ref(), qmin, qmax, tracked);
     let (q, in_range) = match fused {
-        Some((q, Some(keep))) => {
-            // One recorded node whose backward multiplies by the mask, instead of the three
-            // tracked ops of `clipped_straight_through` (same value, same gradient bits).
+        Some((q, cpu::Mask::AllIn)) => return straight_through(x, q),
+        Some((q, cpu::Mask::Clamped(at))) => {
+            // One recorded node whose backward zeroes the clamped positions' gradients, instead
+            // of the three tracked ops of `clipped_straight_through` (same value, same
+            // gradient bits).
             let dims = q.dims();
-            match crate::flexops::masked_straight_through(x.clone(), q.clone(), keep) {
+            match crate::flexops::masked_straight_through(x.clone(), q.clone(), at) {
                 Ok(y) => return y,
-                Err(keep) => {
+                Err(at) => {
+                    let keep = cpu::Mask::Clamped(at).to_floats(q.shape().num_elements());
                     let device = q.device();
                     let keep =
                         Tensor::from_data(burn::tensor::TensorData::new(keep, dims), &device);
@@ -99,7 +102,7 @@ pub(crate) fn fake_quantize_affine_with<const D: usize>(
                 }
             }
         }
-        Some((q, None)) => (q, None),
+        Some((q, cpu::Mask::NotWanted)) => (q, None),
         None => {
             let (raw, codes) =
                 raw_and_codes(x.clone(), scale.clone(), zero_point.clone(), qmin, qmax);
@@ -266,15 +269,12 @@ mod cpu {
     use crate::flexops::task_len;
     use crate::qparams::HostCopy;
 
-    /// One task's slices: output, mask (empty when not wanted).
-    type Slots<'a> = (&'a mut [MaybeUninit<f32>], &'a mut [MaybeUninit<f32>]);
-
-    /// The fake-quantized `x` as a plain tensor and (if `with_mask`) its in-range mask as
-    /// 1.0/0.0 in `x`'s row-major order; `None` when not applicable (another backend or dtype,
-    /// or scales varying along more than one axis), for the op-by-op path.
+    /// The fake-quantized `x` as a plain tensor and (if `track`) where its codes were clamped;
+    /// `None` when not applicable (another backend or dtype, scales varying along more than one
+    /// axis, or more than `u32::MAX` elements), for the op-by-op path.
     ///
     /// One pass reads `x`'s values (shared with the graph, not copied) and writes the output
-    /// and the mask into new, unfilled buffers, split over rayon's threads in runs of whole rows.
+    /// into a new, unfilled buffer, split over rayon's threads in runs of whole rows.
     pub(super) fn fake_quantize<const D: usize>(
         x: &Tensor<D>,
         host: Option<HostCopy>,
@@ -282,8 +282,8 @@ mod cpu {
         zero_point: Option<&Tensor<D>>,
         qmin: i32,
         qmax: i32,
-        with_mask: bool,
-    ) -> Option<(Tensor<D>, Option<Vec<f32>>)> {
+        track: bool,
+    ) -> Option<(Tensor<D>, Mask)> {
         if x.dtype() != DType::F32 || scale.dtype() != DType::F32 || x.device() != Device::flex() {
             return None;
         }
@@ -304,56 +304,95 @@ mod cpu {
         let src = host.values();
         let len = src.len();
         assert_eq!(len, dims.iter().product::<usize>());
+        u32::try_from(len).ok()?;
         let (lo, hi) = (qmin as f32, qmax as f32);
         // Scales along the last axis: rows of `channels` elements, a scale per element. Else
-        // runs of `inner` elements sharing one scale, run `r` using scale `r % channels`.
+        // runs of `inner` elements sharing one scale, run `r` using scale `r % channels`. One
+        // scale (per tensor): any split is a run, so tasks need not hold the whole tensor.
         let per_element = inner == 1 && channels > 1;
-        let unit = if per_element { channels } else { inner }.max(1);
+        let single = channels == 1;
+        let unit = if per_element {
+            channels
+        } else if single {
+            1
+        } else {
+            inner
+        }
+        .max(1);
         let chunk = task_len(unit);
         let zero = vec![0.0; channels];
         let z_all = zero_point.as_deref().unwrap_or(&zero);
         let zp = |k: usize| zero_point.as_ref().map_or(0.0, |z| z[k]);
-        let task = |(t, (out, keep)): (usize, Slots)| {
+        // One task: its slice of the output, and the clamped positions it met (if tracked).
+        let task = |(t, out): (usize, &mut [MaybeUninit<f32>])| {
             let first = t * chunk;
             let src = &src[first..first + out.len()];
+            let mut clamped = Vec::new();
+            let track = track.then_some(&mut clamped);
+            if single {
+                per_run(src, out, scale[0], zp(0), lo, hi, first, track);
+                return clamped;
+            }
+            let mut track = track;
             let units = src.chunks_exact(unit).zip(out.chunks_exact_mut(unit));
             for (i, (s, o)) in units.enumerate() {
-                let k = keep.get_mut(i * unit..(i + 1) * unit).unwrap_or(&mut []);
+                let base = first + i * unit;
+                let track = track.as_deref_mut();
                 if per_element {
-                    per_element_row(s, o, k, &scale, z_all, lo, hi);
+                    per_element_row(s, o, &scale, z_all, lo, hi, base, track);
                 } else {
                     let c = (first / unit + i) % channels;
-                    per_run(s, o, k, scale[c], zp(c), lo, hi);
+                    per_run(s, o, scale[c], zp(c), lo, hi, base, track);
                 }
             }
+            clamped
         };
         let mut out: Vec<f32> = Vec::with_capacity(len);
-        let mut keep: Vec<f32> = Vec::with_capacity(if with_mask { len } else { 0 });
-        let out_slots = &mut out.spare_capacity_mut()[..len];
-        let tasks = len.div_ceil(chunk);
-        let keep_slots: Vec<&mut [MaybeUninit<f32>]> = if with_mask {
-            keep.spare_capacity_mut()[..len].chunks_mut(chunk).collect()
-        } else {
-            (0..tasks).map(|_| &mut [][..]).collect()
-        };
         // One task (a pass of up to `chunk` elements) runs right here.
-        out_slots
+        let clamped: Vec<Vec<u32>> = out.spare_capacity_mut()[..len]
             .par_chunks_mut(chunk)
-            .zip(keep_slots)
             .enumerate()
-            .for_each(task);
-        // SAFETY: the tasks cover the first `len` slots of `out` (and of `keep` when the mask
-        // is wanted) in whole units (`len` is a multiple of `unit`: `unit` is a dimension or
-        // the product of trailing ones), and `per_run` / `per_element_row` write every slot of
-        // each unit.
-        unsafe {
-            out.set_len(len);
-            if with_mask {
-                keep.set_len(len);
-            }
-        }
+            .map(task)
+            .collect();
+        // SAFETY: the tasks cover the first `len` slots of `out` in whole units (`len` is a
+        // multiple of `unit`: a dimension, the product of trailing ones, or 1), and `per_run` /
+        // `per_element_row` write every slot of each unit.
+        unsafe { out.set_len(len) };
         let q = Tensor::from_data(TensorData::new(out, dims), &host.device);
-        Some((q, with_mask.then_some(keep)))
+        let mask = if !track {
+            Mask::NotWanted
+        } else if clamped.iter().all(Vec::is_empty) {
+            Mask::AllIn
+        } else {
+            Mask::Clamped(clamped.concat())
+        };
+        Some((q, mask))
+    }
+
+    /// Where [`fake_quantize`]'s codes were clamped: the positions whose gradient is zero.
+    #[derive(Debug, PartialEq)]
+    pub(crate) enum Mask {
+        /// Not asked for (an untracked input).
+        NotWanted,
+        /// Every code was in range: the gradient is the identity.
+        AllIn,
+        /// The row-major positions of the clamped codes (and NaNs), ascending. Min/max ranges
+        /// clamp few or none (a symmetric grid's positive end: one weight per channel), so a
+        /// list is smaller than a 0/1 mask and its backward touches only those gradients.
+        Clamped(Vec<u32>),
+    }
+
+    impl Mask {
+        /// As 1.0 (in range) / 0.0 (clamped) floats over `len` elements.
+        pub(crate) fn to_floats(&self, len: usize) -> Vec<f32> {
+            let mut keep = vec![1.0; len];
+            if let Mask::Clamped(at) = self {
+                for &i in at {
+                    keep[i as usize] = 0.0;
+                }
+            }
+            keep
+        }
     }
 
     /// `(channels, inner)` when the scale shape `s` broadcasts onto `x` along at most one axis:
@@ -378,58 +417,62 @@ mod cpu {
         ((c - z) * s, raw == c)
     }
 
-    /// `src` fake-quantized with one scale and zero-point into `out`, its mask into `keep`
-    /// (empty: not wanted); every slot of `out` (and `keep`) is written.
+    /// `src` (elements `base..` of the tensor) fake-quantized with one scale and zero-point
+    /// into `out`, every slot written; the positions of clamped codes pushed onto `clamped`.
+    #[allow(clippy::too_many_arguments)]
     fn per_run(
         src: &[f32],
         out: &mut [MaybeUninit<f32>],
-        keep: &mut [MaybeUninit<f32>],
         s: f32,
         z: f32,
         lo: f32,
         hi: f32,
+        base: usize,
+        mut clamped: Option<&mut Vec<u32>>,
     ) {
         assert_eq!(src.len(), out.len());
-        assert!(keep.is_empty() || keep.len() == src.len());
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx") {
             // SAFETY: AVX is available (checked above); lengths checked above.
-            done = unsafe { avx::per_run(src, out, keep, s, z, lo, hi) };
+            done = unsafe { avx::per_run(src, out, s, z, lo, hi, base, clamped.as_deref_mut()) };
         }
         for i in done..src.len() {
             let (q, inside) = one(src[i], s, z, lo, hi);
             out[i].write(q);
-            if !keep.is_empty() {
-                keep[i].write(inside as u8 as f32);
+            if !inside && let Some(c) = clamped.as_deref_mut() {
+                c.push((base + i) as u32);
             }
         }
     }
 
-    /// `src` fake-quantized with a scale and zero-point per element into `out`, its mask into
-    /// `keep` (empty: not wanted); every slot of `out` (and `keep`) is written.
+    /// `src` (elements `base..` of the tensor) fake-quantized with a scale and zero-point per
+    /// element into `out`, every slot written; the positions of clamped codes pushed onto
+    /// `clamped`.
+    #[allow(clippy::too_many_arguments)]
     fn per_element_row(
         src: &[f32],
         out: &mut [MaybeUninit<f32>],
-        keep: &mut [MaybeUninit<f32>],
         s: &[f32],
         z: &[f32],
         lo: f32,
         hi: f32,
+        base: usize,
+        mut clamped: Option<&mut Vec<u32>>,
     ) {
         assert!(src.len() == out.len() && src.len() == s.len() && src.len() == z.len());
-        assert!(keep.is_empty() || keep.len() == src.len());
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx") {
             // SAFETY: AVX is available (checked above); lengths checked above.
-            done = unsafe { avx::per_element(src, out, keep, s, z, lo, hi) };
+            done =
+                unsafe { avx::per_element(src, out, s, z, lo, hi, base, clamped.as_deref_mut()) };
         }
         for i in done..src.len() {
             let (q, inside) = one(src[i], s[i], z[i], lo, hi);
             out[i].write(q);
-            if !keep.is_empty() {
-                keep[i].write(inside as u8 as f32);
+            if !inside && let Some(c) = clamped.as_deref_mut() {
+                c.push((base + i) as u32);
             }
         }
     }
@@ -439,53 +482,64 @@ mod cpu {
         use std::arch::x86_64::*;
         use std::mem::MaybeUninit;
 
-        /// Eight lanes of [`super::one`]: (fake-quantized, mask as 1.0/0.0). `max_ps(lo, v)` and
-        /// `min_ps(hi, v)` return their second operand when it is NaN, so NaN propagates as in
-        /// burn's clamps.
+        /// Eight lanes of [`super::one`]: (fake-quantized, the in-range lanes as bits 0..8).
+        /// `max_ps(lo, v)` and `min_ps(hi, v)` return their second operand when it is NaN, so
+        /// NaN propagates as in burn's clamps.
         #[inline]
         #[target_feature(enable = "avx")]
-        fn lanes(x: __m256, s: __m256, z: __m256, lo: __m256, hi: __m256) -> (__m256, __m256) {
+        fn lanes(x: __m256, s: __m256, z: __m256, lo: __m256, hi: __m256) -> (__m256, i32) {
             let v = _mm256_div_ps(x, s);
             let raw = _mm256_add_ps(
                 _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v),
                 z,
             );
             let c = _mm256_min_ps(hi, _mm256_max_ps(lo, raw));
-            let inside = _mm256_and_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(raw, c), _mm256_set1_ps(1.0));
+            let inside = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(raw, c));
             (_mm256_mul_ps(_mm256_sub_ps(c, z), s), inside)
+        }
+
+        /// Pushes `at + lane` for each lane of eight not set in `inside`.
+        #[inline]
+        fn push_clamped(clamped: &mut Option<&mut Vec<u32>>, inside: i32, at: usize) {
+            if inside != 0xff
+                && let Some(c) = clamped.as_deref_mut()
+            {
+                for lane in 0..8 {
+                    if inside & (1 << lane) == 0 {
+                        c.push((at + lane) as u32);
+                    }
+                }
+            }
         }
 
         /// [`super::per_run`] on the leading multiple of 8 elements; returns how many it did.
         ///
         /// # Safety
-        /// The CPU must support AVX; `out.len() == src.len()`, and `keep` is empty or as long.
+        /// The CPU must support AVX; `out.len() == src.len()`.
         #[target_feature(enable = "avx")]
+        #[allow(clippy::too_many_arguments)]
         pub(super) unsafe fn per_run(
             src: &[f32],
             out: &mut [MaybeUninit<f32>],
-            keep: &mut [MaybeUninit<f32>],
             s: f32,
             z: f32,
             lo: f32,
             hi: f32,
+            base: usize,
+            mut clamped: Option<&mut Vec<u32>>,
         ) -> usize {
             let n = src.len() / 8 * 8;
             let (sv, zv) = (_mm256_set1_ps(s), _mm256_set1_ps(z));
             let (lov, hiv) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-            let with_mask = !keep.is_empty();
-            let (out, keep) = (
-                out.as_mut_ptr().cast::<f32>(),
-                keep.as_mut_ptr().cast::<f32>(),
-            );
+            let out = out.as_mut_ptr().cast::<f32>();
             for i in (0..n).step_by(8) {
-                // SAFETY: `i + 8 <= n <= src.len()`, the length of `out` and (when used) `keep`.
-                unsafe {
+                // SAFETY: `i + 8 <= n <= src.len()`, the length of `out`.
+                let inside = unsafe {
                     let (q, inside) = lanes(_mm256_loadu_ps(src.as_ptr().add(i)), sv, zv, lov, hiv);
                     _mm256_storeu_ps(out.add(i), q);
-                    if with_mask {
-                        _mm256_storeu_ps(keep.add(i), inside);
-                    }
-                }
+                    inside
+                };
+                push_clamped(&mut clamped, inside, base + i);
             }
             n
         }
@@ -494,29 +548,25 @@ mod cpu {
         /// it did.
         ///
         /// # Safety
-        /// The CPU must support AVX; `out`, `s` and `z` are as long as `src`, and `keep` is
-        /// empty or as long.
+        /// The CPU must support AVX; `out`, `s` and `z` are as long as `src`.
         #[target_feature(enable = "avx")]
+        #[allow(clippy::too_many_arguments)]
         pub(super) unsafe fn per_element(
             src: &[f32],
             out: &mut [MaybeUninit<f32>],
-            keep: &mut [MaybeUninit<f32>],
             s: &[f32],
             z: &[f32],
             lo: f32,
             hi: f32,
+            base: usize,
+            mut clamped: Option<&mut Vec<u32>>,
         ) -> usize {
             let n = src.len() / 8 * 8;
             let (lov, hiv) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-            let with_mask = !keep.is_empty();
-            let (out, keep) = (
-                out.as_mut_ptr().cast::<f32>(),
-                keep.as_mut_ptr().cast::<f32>(),
-            );
+            let out = out.as_mut_ptr().cast::<f32>();
             for i in (0..n).step_by(8) {
-                // SAFETY: `i + 8 <= n <= src.len()`, the length of `out`, `s`, `z` and (when
-                // used) `keep`.
-                unsafe {
+                // SAFETY: `i + 8 <= n <= src.len()`, the length of `out`, `s` and `z`.
+                let inside = unsafe {
                     let (sv, zv) = (
                         _mm256_loadu_ps(s.as_ptr().add(i)),
                         _mm256_loadu_ps(z.as_ptr().add(i)),
@@ -524,10 +574,9 @@ mod cpu {
                     let x = _mm256_loadu_ps(src.as_ptr().add(i));
                     let (q, inside) = lanes(x, sv, zv, lov, hiv);
                     _mm256_storeu_ps(out.add(i), q);
-                    if with_mask {
-                        _mm256_storeu_ps(keep.add(i), inside);
-                    }
-                }
+                    inside
+                };
+                push_clamped(&mut clamped, inside, base + i);
             }
             n
         }
@@ -824,7 +873,7 @@ pub(crate) mod tests {
                     cpu::fake_quantize(&x, None, &scale, zp.as_ref(), qmin, qmax, true).unwrap();
                 let (q_alone, no_keep) =
                     cpu::fake_quantize(&x, None, &scale, zp.as_ref(), qmin, qmax, false).unwrap();
-                assert!(no_keep.is_none());
+                assert_eq!(no_keep, cpu::Mask::NotWanted);
                 let q_alone = vals(q_alone);
                 let (raw, codes) = raw_and_codes(x.clone(), scale.clone(), zp.clone(), qmin, qmax);
                 let want_keep = vals(raw.equal(codes.clone()).float());
@@ -838,13 +887,83 @@ pub(crate) mod tests {
                 let q = vals(q);
                 assert_eq!(bits(q.clone()), bits(q_alone), "without the mask");
                 assert_eq!(bits(q), bits(want_q), "values, scale {:?}", scale.dims());
-                assert_eq!(keep.unwrap(), want_keep, "mask, scale {:?}", scale.dims());
+                assert!(matches!(&keep, cpu::Mask::Clamped(at) if at.is_sorted()));
+                assert_eq!(
+                    keep.to_floats(r * c),
+                    want_keep,
+                    "mask, scale {:?}",
+                    scale.dims()
+                );
             }
         }
         // scales along two axes are left to the op-by-op path
         let x3 = Tensor::<3>::zeros([2, 3, 4], &d);
         let s3 = Tensor::<3>::ones([2, 1, 4], &d);
         assert!(cpu::fake_quantize(&x3, None, &s3, None, -8, 7, true).is_none());
+    }
+
+    #[test]
+    fn only_clamped_positions_are_listed() {
+        // 100 000 elements in [-1, 1] with scale 1/7: every code in range, so no mask (the
+        // gradient is the identity). One outlier, in the first or the last of the several
+        // tasks: its position alone is listed — the op-by-op mask.
+        let d = Device::flex();
+        let n = 100_000;
+        let mut xs: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        let s = t1(&[1.0 / 7.0], &d);
+        let (q, mask) = cpu::fake_quantize(&t1(&xs, &d), None, &s, None, -8, 7, true).unwrap();
+        assert_eq!(mask, cpu::Mask::AllIn);
+        let (want_q, _) = reference_fq(&xs, 1.0 / 7.0, 0.0, -8, 7);
+        assert_eq!(vals(q), want_q);
+        for outlier in [n - 3, 5] {
+            xs[outlier] = 2.0;
+            let x = t1(&xs, &d);
+            let (q, mask) = cpu::fake_quantize(&x, None, &s, None, -8, 7, true).unwrap();
+            let (want_q, want_keep) = reference_fq(&xs, 1.0 / 7.0, 0.0, -8, 7);
+            assert_eq!(vals(q), want_q);
+            assert_eq!(want_keep.iter().filter(|k| **k == 0.0).count(), 1);
+            assert_eq!(mask.to_floats(n), want_keep);
+            assert_eq!(mask, cpu::Mask::Clamped(vec![outlier as u32]));
+            xs[outlier] = 0.5;
+        }
+    }
+
+    #[test]
+    fn in_range_fake_quant_is_recorded_as_the_identity_with_the_same_gradient() {
+        // Nothing clamps (min/max ranges): one identity node, and the same gradient bits as
+        // the op-by-op clipped straight-through.
+        let d = ad();
+        let n = 50_000;
+        let xs: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01)
+            .collect();
+        let gs: Vec<f32> = (0..n)
+            .map(|i| ((i * 53 % 29) as f32 - 14.0) * 0.7)
+            .collect();
+        let s = t1(&[0.5 / 127.0], &d).without_autodiff();
+        let run = |recorded: bool| {
+            let x = t1(&xs, &d).require_grad();
+            let y = if recorded {
+                let ids = || crate::flexops::tests::IDENTITY_CALLS.with(|n| n.get());
+                let masks = || crate::flexops::tests::MASK_CALLS.with(|n| n.get());
+                let (i, m) = (ids(), masks());
+                let y = fake_quantize_affine(x.clone(), s.clone(), None, -128, 127);
+                assert_eq!((ids(), masks()), (i + 1, m), "one identity node, no mask");
+                y
+            } else {
+                let (raw, codes) = raw_and_codes(x.clone(), s.clone(), None, -128, 127);
+                let keep = InRange::Bool(raw.equal(codes.clone()));
+                clipped_straight_through(x.clone(), codes * s.clone(), keep)
+            };
+            let grads = (y.clone() * t1(&gs, &d)).sum().backward();
+            let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            (bits(vals(y)), bits(vals(x.grad(&grads).unwrap())))
+        };
+        let (a, b) = (run(true), run(false));
+        assert_eq!(a.0, b.0, "values");
+        assert_eq!(a.1, b.1, "gradients");
     }
 
     #[test]
@@ -905,13 +1024,19 @@ pub(crate) mod tests {
                 let keep = InRange::Bool(raw.equal(codes.clone()));
                 clipped_straight_through(x.clone(), codes * s.clone(), keep)
             };
-            let grads = (y.clone() * t1(&gs, &d)).sum().backward();
+            // `y + w`: the sum's backward hands one gradient buffer to both, so the node must
+            // zero its clamped positions in a copy, leaving `w`'s gradient whole.
+            let w = t1(&vec![0.0; n], &d).require_grad();
+            let grads = ((y.clone() + w.clone()) * t1(&gs, &d)).sum().backward();
             let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            (bits(vals(y)), bits(vals(x.grad(&grads).unwrap())))
+            let gw = bits(vals(w.grad(&grads).unwrap()));
+            (bits(vals(y)), bits(vals(x.grad(&grads).unwrap())), gw)
         };
         let (a, b) = (run(true), run(false));
         assert_eq!(a.0, b.0, "values");
         assert_eq!(a.1, b.1, "gradients");
+        assert_eq!(a.2, b.2, "the other operand's gradient");
+        assert_eq!(a.2, gs.iter().map(|g| g.to_bits()).collect::<Vec<_>>());
         assert!(a.1.contains(&0.0f32.to_bits()) && a.1.contains(&(-0.0f32).to_bits()));
     }
 

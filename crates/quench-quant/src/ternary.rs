@@ -111,15 +111,24 @@ fn ternary_host<const D: usize>(w: &Tensor<D>, scaled: bool) -> Option<(Vec<f32>
     // (the code is −1, 0 or 1), the value `codes * γ` gives through the tensor ops.
     const M: f32 = 12_582_912.0;
     let unit = if scaled { gamma } else { 1.0 };
-    // Elementwise, so splitting over threads changes no bit.
-    let values = src
-        .par_iter()
-        .with_min_len(TASK_ELEMENTS)
-        .map(|v| {
+    // Elementwise, so splitting over threads changes no bit. A loop over slices, which
+    // vectorizes (divisions eight at a time), where `par_iter().map().collect()` wrote one
+    // element at a time (11 % of a ternary MLP step).
+    let codes = |src: &[f32], out: &mut [MaybeUninit<f32>]| {
+        for (o, v) in out.iter_mut().zip(src) {
             let t = (v / gamma).clamp(-2.0, 2.0);
-            ((t + M) - M).clamp(-1.0, 1.0) * unit
-        })
-        .collect();
+            o.write(((t + M) - M).clamp(-1.0, 1.0) * unit);
+        }
+    };
+    let len = src.len();
+    let mut values: Vec<f32> = Vec::with_capacity(len);
+    // One task runs right here.
+    values.spare_capacity_mut()[..len]
+        .par_chunks_mut(TASK_ELEMENTS)
+        .zip(src.par_chunks(TASK_ELEMENTS))
+        .for_each(|(out, src)| codes(src, out));
+    // SAFETY: the chunks cover all `len` slots and `codes` writes each.
+    unsafe { values.set_len(len) };
     let device = host.device;
     Some((values, gamma, device))
 }

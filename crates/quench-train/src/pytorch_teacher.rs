@@ -255,7 +255,13 @@ mod tests {
     fn files_written_by_pytorch_give_pytorchs_logits() {
         // tests/data/make_torch_teacher.py: an nn.Sequential MLP 784-8-10 saved by torch.save
         // and by safetensors.torch, with the logits PyTorch computed for one input.
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data");
+        // Read when the test runs: `env!` bakes in the compiling checkout's path.
+        let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(
+                || env!("CARGO_MANIFEST_DIR").into(),
+                std::path::PathBuf::from,
+            )
+            .join("../../tests/data");
         let fixture: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("teacher_mlp8.json")).unwrap()).unwrap();
         let floats = |k: &str| -> Vec<f32> {
