@@ -402,7 +402,7 @@ mod avx {
     use std::arch::x86_64::*;
 
     /// Rows folded per load and store of the running results.
-    const ROWS: usize = 4;
+    const ROWS: usize = 8;
 
     /// [`super::rows_min_max`] for the leading multiple of 8 of the columns; returns how many
     /// columns it did.
@@ -422,15 +422,22 @@ mod avx {
                 // SAFETY: `j + 8 <= vcols <= cols`, the length of `min` and `max`; row
                 // `r + i < n` starts at `(r + i)·cols`, so its column `j + 7` is in `rows`.
                 unsafe {
-                    let (mut a, mut b) = (_mm256_loadu_ps(mn.add(j)), _mm256_loadu_ps(mx.add(j)));
-                    for i in 0..k {
-                        let v = _mm256_loadu_ps(src.add((r + i) * cols + j));
-                        // All ones (a NaN) where either is NaN: `min_ps`/`max_ps` alone
-                        // would drop a NaN met earlier.
-                        let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(a, v);
-                        a = _mm256_or_ps(_mm256_min_ps(a, v), nan);
-                        b = _mm256_or_ps(_mm256_max_ps(b, v), nan);
-                    }
+                    let at = src.add(r * cols + j);
+                    let (a, b) = if k == ROWS {
+                        fold::<ROWS>(
+                            at,
+                            cols,
+                            _mm256_loadu_ps(mn.add(j)),
+                            _mm256_loadu_ps(mx.add(j)),
+                        )
+                    } else {
+                        let (mut a, mut b) =
+                            (_mm256_loadu_ps(mn.add(j)), _mm256_loadu_ps(mx.add(j)));
+                        for i in 0..k {
+                            (a, b) = fold::<1>(at.add(i * cols), cols, a, b);
+                        }
+                        (a, b)
+                    };
                     _mm256_storeu_ps(mn.add(j), a);
                     _mm256_storeu_ps(mx.add(j), b);
                 }
@@ -438,6 +445,32 @@ mod avx {
             r += k;
         }
         vcols
+    }
+
+    /// Folds `K` rows of eight values (`at`, `at + stride`, ...) into the running `(min, max)`.
+    /// A NaN sticks: `min_ps(v, a)` returns `a` when either is NaN (so a NaN already in `a`
+    /// stays), and a NaN among the values is caught by the unordered compare and OR-ed in as
+    /// all ones.
+    ///
+    /// # Safety
+    /// The CPU must support AVX; the `K` rows of eight values are readable.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    unsafe fn fold<const K: usize>(
+        at: *const f32,
+        stride: usize,
+        mut a: __m256,
+        mut b: __m256,
+    ) -> (__m256, __m256) {
+        let mut nan = _mm256_setzero_ps();
+        for i in 0..K {
+            // SAFETY: the caller's.
+            let v = unsafe { _mm256_loadu_ps(at.add(i * stride)) };
+            a = _mm256_min_ps(v, a);
+            b = _mm256_max_ps(v, b);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+        }
+        (_mm256_or_ps(a, nan), _mm256_or_ps(b, nan))
     }
 }
 
