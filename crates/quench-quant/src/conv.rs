@@ -221,20 +221,27 @@ fn pool_plane(values: &[f32], p: usize, s: &PoolShape, y: &mut [f32], to: &mut [
         unsafe { pool_rows_avx2(values, p, s, y, to) };
         return;
     }
-    pool_rows(values, p, s, y, to);
+    pool_rows::<false>(values, p, s, y, to);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn pool_rows_avx2(values: &[f32], p: usize, s: &PoolShape, y: &mut [f32], to: &mut [u32]) {
-    pool_rows(values, p, s, y, to);
+    pool_rows::<true>(values, p, s, y, to);
 }
 
 /// Every output row of plane `p`: the window maxima (rectified if fused) into `y`, each one's
-/// gradient routing into `to`. A row whose inputs are all finite takes branch-free selects
-/// that vectorize across windows; a row with NaN or ±inf takes [`window_argmax`]'s literal rule.
+/// gradient routing into `to`. A row whose inputs are all finite takes branch-free selects,
+/// four windows at a time with `SSE41` (the scalar selects did not vectorize: the window pairs
+/// are interleaved); a row with NaN or ±inf takes [`window_argmax`]'s literal rule.
 #[inline(always)]
-fn pool_rows(values: &[f32], p: usize, s: &PoolShape, y: &mut [f32], to: &mut [u32]) {
+fn pool_rows<const SSE41: bool>(
+    values: &[f32],
+    p: usize,
+    s: &PoolShape,
+    y: &mut [f32],
+    to: &mut [u32],
+) {
     let (h, w) = (s.h, s.w);
     let (ho, wo) = (h / 2, w / 2);
     for oy in 0..ho {
@@ -243,11 +250,27 @@ fn pool_rows(values: &[f32], p: usize, s: &PoolShape, y: &mut [f32], to: &mut [u
         let top = &values[start..start + 2 * wo];
         let bottom = &values[start + w..start + w + 2 * wo];
         let (y, to) = (&mut y[oy * wo..][..wo], &mut to[oy * wo..][..wo]);
-        let exponent = 0x7f80_0000u32;
-        let non_finite = top
-            .iter()
-            .chain(bottom)
-            .fold(false, |any, v| any | (v.to_bits() & exponent == exponent));
+        // Four windows at a time where the CPU allows, which also tells whether the row pair
+        // is finite (if not, the row is redone below by the literal rule).
+        let mut finite = None;
+        #[cfg(target_arch = "x86_64")]
+        if SSE41 && wo >= 4 {
+            // SAFETY: the caller checked the CPU (AVX2 implies SSE4.1); the rows hold `wo`
+            // windows, `y` and `to` `wo` outputs.
+            finite = Some(unsafe {
+                sse41::pool_row(top, bottom, y, to, start as u32, w as u32, s.relu)
+            });
+        }
+        let vectorized = finite.is_some();
+        let non_finite = match finite {
+            Some(finite) => !finite,
+            None => {
+                let exponent = 0x7f80_0000u32;
+                top.iter()
+                    .chain(bottom)
+                    .fold(false, |any, v| any | (v.to_bits() & exponent == exponent))
+            }
+        };
         if non_finite {
             for (ox, (yv, tv)) in y.iter_mut().zip(to.iter_mut()).enumerate() {
                 let v = [
@@ -268,9 +291,13 @@ fn pool_rows(values: &[f32], p: usize, s: &PoolShape, y: &mut [f32], to: &mut [u
             }
             continue;
         }
+        if vectorized {
+            continue;
+        }
         let (start, w) = (start as u32, w as u32);
         let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
-        for (ox, ((t, b), (yv, tv))) in windows.zip(y.iter_mut().zip(to.iter_mut())).enumerate() {
+        let outputs = y.iter_mut().zip(to.iter_mut());
+        for (ox, ((t, b), (yv, tv))) in windows.zip(outputs).enumerate() {
             // The first maximum in row-major order, as `window_argmax` for finite values.
             let (m01, c01) = if t[1] > t[0] { (t[1], 1) } else { (t[0], 0) };
             let (m23, c23) = if b[1] > b[0] { (b[1], 1) } else { (b[0], 0) };
@@ -287,6 +314,126 @@ fn pool_rows(values: &[f32], p: usize, s: &PoolShape, y: &mut [f32], to: &mut [u
                 BLOCKED
             };
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod sse41 {
+    use std::arch::x86_64::*;
+
+    use super::BLOCKED;
+
+    /// All windows of one row pair, four at a time (a last, overlapping four where the count
+    /// is not a multiple of four: they rewrite the same values): the same selects as
+    /// [`super::pool_rows`]'s scalar loop, so the same maxima and routes where every value is
+    /// finite, which it returns (else the outputs are to be redone by the literal rule).
+    ///
+    /// # Safety
+    /// The CPU must support SSE4.1; `top` and `bottom` hold at least `2·n` values and `y`,
+    /// `to` exactly `n ≥ 4`.
+    #[target_feature(enable = "sse4.1")]
+    pub(super) unsafe fn pool_row(
+        top: &[f32],
+        bottom: &[f32],
+        y: &mut [f32],
+        to: &mut [u32],
+        start: u32,
+        w: u32,
+        relu: bool,
+    ) -> bool {
+        let n = y.len();
+        assert!(n >= 4 && to.len() == n && top.len() >= 2 * n && bottom.len() >= 2 * n);
+        let mut ox = 0;
+        let mut non_finite = _mm_setzero_si128();
+        loop {
+            // SAFETY: `ox + 4 <= n`: values `2·ox .. 2·ox + 8` of each row, outputs
+            // `ox .. ox + 4`.
+            let bad = unsafe { four(top, bottom, y, to, ox, start, w, relu) };
+            non_finite = _mm_or_si128(non_finite, bad);
+            if ox + 4 == n {
+                break;
+            }
+            ox = (ox + 4).min(n - 4);
+        }
+        _mm_testz_si128(non_finite, non_finite) == 1
+    }
+
+    /// Windows `ox .. ox + 4`; returns lanes set where one of their values is NaN or ±inf.
+    ///
+    /// # Safety
+    /// SSE4.1; `ox + 4 <= y.len() = to.len()`, and the rows hold `2·ox + 8` values.
+    #[inline]
+    #[target_feature(enable = "sse4.1")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn four(
+        top: &[f32],
+        bottom: &[f32],
+        y: &mut [f32],
+        to: &mut [u32],
+        ox: usize,
+        start: u32,
+        w: u32,
+        relu: bool,
+    ) -> __m128i {
+        // SAFETY: in range (the caller's).
+        let (ta, tb, ba, bb) = unsafe {
+            (
+                _mm_loadu_ps(top.as_ptr().add(2 * ox)),
+                _mm_loadu_ps(top.as_ptr().add(2 * ox + 4)),
+                _mm_loadu_ps(bottom.as_ptr().add(2 * ox)),
+                _mm_loadu_ps(bottom.as_ptr().add(2 * ox + 4)),
+            )
+        };
+        // Left and right values of the four windows.
+        let (t0, t1) = (
+            _mm_shuffle_ps::<0b10_00_10_00>(ta, tb),
+            _mm_shuffle_ps::<0b11_01_11_01>(ta, tb),
+        );
+        let (b0, b1) = (
+            _mm_shuffle_ps::<0b10_00_10_00>(ba, bb),
+            _mm_shuffle_ps::<0b11_01_11_01>(ba, bb),
+        );
+        // `t1 > t0`, `b1 > b0`, then `m23 > m01`: the first maximum in row-major order.
+        let c01 = _mm_cmpgt_ps(t1, t0);
+        let m01 = _mm_blendv_ps(t0, t1, c01);
+        let c23 = _mm_cmpgt_ps(b1, b0);
+        let m23 = _mm_blendv_ps(b0, b1, c23);
+        let row = _mm_castps_si128(_mm_cmpgt_ps(m23, m01));
+        let m = _mm_blendv_ps(m01, m23, _mm_castsi128_ps(row));
+        let col = _mm_castps_si128(_mm_blendv_ps(c01, c23, _mm_castsi128_ps(row)));
+        // start + 2·(ox + lane) + (row ? w : 0) + (col ? 1 : 0); `col` is −1 where set.
+        let base = _mm_add_epi32(
+            _mm_set1_epi32(start.wrapping_add(2 * ox as u32) as i32),
+            _mm_setr_epi32(0, 2, 4, 6),
+        );
+        let at = _mm_sub_epi32(
+            _mm_add_epi32(base, _mm_and_si128(row, _mm_set1_epi32(w as i32))),
+            col,
+        );
+        let (m, at) = if relu {
+            // `m > 0` passes; else the output is +0.0 and no gradient flows.
+            let pass = _mm_cmpgt_ps(m, _mm_setzero_ps());
+            let blocked = _mm_castsi128_ps(_mm_set1_epi32(BLOCKED as i32));
+            let at = _mm_blendv_ps(blocked, _mm_castsi128_ps(at), pass);
+            (_mm_and_ps(m, pass), _mm_castps_si128(at))
+        } else {
+            (m, at)
+        };
+        // SAFETY: in range (the caller's).
+        unsafe {
+            _mm_storeu_ps(y.as_mut_ptr().add(ox), m);
+            _mm_storeu_si128(to.as_mut_ptr().add(ox).cast(), at);
+        }
+        // An all-ones exponent: NaN or ±inf.
+        let exponent = _mm_set1_epi32(0x7f80_0000);
+        let special = |v: __m128| {
+            let e = _mm_and_si128(_mm_castps_si128(v), exponent);
+            _mm_cmpeq_epi32(e, exponent)
+        };
+        _mm_or_si128(
+            _mm_or_si128(special(ta), special(tb)),
+            _mm_or_si128(special(ba), special(bb)),
+        )
     }
 }
 
@@ -424,6 +571,56 @@ mod tests {
         ];
         assert_eq!(g1, expect);
         assert_eq!(g0, expect);
+    }
+
+    #[test]
+    fn vectorized_rows_keep_burns_ties_and_routes() {
+        // Values from {-1, -0, 0, 1, 2}: ties in most windows, so the first maximum in
+        // row-major order must win four windows at a time too; rows with NaN or ±inf redone by the
+        // literal rule. Widths with 8 windows (two
+        // fours), 5 and 7 (an overlapping last four) and an odd width (a dropped column).
+        let d = Device::flex().autodiff();
+        for dims in [[2, 3, 4, 16], [1, 4, 6, 10], [2, 2, 4, 14], [1, 3, 4, 9]] {
+            let n: usize = dims.iter().product();
+            let mut values: Vec<f32> = (0..n)
+                .map(|i| [-1.0, -0.0, 0.0, 1.0, 2.0][(i * i * 31 + 7 * i / 3) % 5])
+                .collect();
+            // and rows with ±inf or NaN (the literal rule, after the vector pass found them)
+            values[dims[3] * 2 + 3] = f32::INFINITY;
+            values[n - 4] = f32::NEG_INFINITY;
+            values[n / 2 + 1] = f32::NAN;
+            for relu in [false, true] {
+                let run = |fast: bool| {
+                    let xt = Tensor::<4>::from_data(TensorData::new(values.clone(), dims), &d)
+                        .require_grad();
+                    let y = match (fast, relu) {
+                        (true, true) => max_pool2x2_relu(xt.clone()),
+                        (true, false) => max_pool2x2(xt.clone()),
+                        (false, true) => {
+                            burn::tensor::activation::relu(max_pool2d(xt.clone(), pool_options()))
+                        }
+                        (false, false) => max_pool2d(xt.clone(), pool_options()),
+                    };
+                    let g = rand4(y.dims(), 14).inner();
+                    let g = Tensor::<4>::from_data(g.into_data(), &d);
+                    let grads = (y.clone() * g).sum().backward();
+                    let bits = |t: TensorData| {
+                        t.try_to_vec::<f32>()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect::<Vec<_>>()
+                    };
+                    (
+                        bits(y.inner().into_data()),
+                        bits(xt.grad(&grads).unwrap().into_data()),
+                    )
+                };
+                let (fast, reference) = (run(true), run(false));
+                assert_eq!(fast.0, reference.0, "values, {dims:?} relu {relu}");
+                assert_eq!(fast.1, reference.1, "gradients, {dims:?} relu {relu}");
+            }
+        }
     }
 
     #[test]
