@@ -498,12 +498,12 @@ mod cpu {
             (_mm256_mul_ps(_mm256_sub_ps(c, z), s), inside)
         }
 
-        /// Pushes `at + lane` for each lane of eight not set in `inside`.
-        #[inline]
+        /// Pushes `at + lane` for each lane of eight not set in `inside` (some lane is not):
+        /// out of line, as it is rare; the caller tests `inside != 0xff`.
+        #[cold]
+        #[inline(never)]
         fn push_clamped(clamped: &mut Option<&mut Vec<u32>>, inside: i32, at: usize) {
-            if inside != 0xff
-                && let Some(c) = clamped.as_deref_mut()
-            {
+            if let Some(c) = clamped.as_deref_mut() {
                 for lane in 0..8 {
                     if inside & (1 << lane) == 0 {
                         c.push((at + lane) as u32);
@@ -539,7 +539,9 @@ mod cpu {
                     _mm256_storeu_ps(out.add(i), q);
                     inside
                 };
-                push_clamped(&mut clamped, inside, base + i);
+                if inside != 0xff {
+                    push_clamped(&mut clamped, inside, base + i);
+                }
             }
             n
         }
@@ -576,7 +578,9 @@ mod cpu {
                     _mm256_storeu_ps(out.add(i), q);
                     inside
                 };
-                push_clamped(&mut clamped, inside, base + i);
+                if inside != 0xff {
+                    push_clamped(&mut clamped, inside, base + i);
+                }
             }
             n
         }
