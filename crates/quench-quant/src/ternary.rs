@@ -133,10 +133,21 @@ fn ternary_host<const D: usize>(w: &Tensor<D>, scaled: bool) -> Option<(Vec<f32>
     Some((values, gamma, device))
 }
 
+/// `Σ|v|` in f64: blocks of [`TASK_ELEMENTS`] summed on their own (across threads), then the
+/// block sums added in order, so the result depends on the block size only, never on the thread
+/// count (one block: [`abs_sum_block`]'s result exactly).
+fn abs_sum_f64(values: &[f32]) -> f64 {
+    let blocks: Vec<f64> = values
+        .par_chunks(TASK_ELEMENTS)
+        .map(abs_sum_block)
+        .collect();
+    blocks.into_iter().fold(0.0, |sum, b| sum + b)
+}
+
 /// `Σ|v|` in f64 with eight independent partial sums, combined in a fixed order: the same result
 /// on every run, and vectorizable, where one running sum is bound by the latency of each add (it
 /// was 80 % of the ternary weight pass).
-fn abs_sum_f64(values: &[f32]) -> f64 {
+fn abs_sum_block(values: &[f32]) -> f64 {
     let mut acc = [0f64; 8];
     let chunks = values.chunks_exact(8);
     let rest = chunks.remainder();
@@ -234,6 +245,33 @@ mod tests {
     use super::*;
     use crate::ste::tests::{assert_close, t1, t2, vals};
     use burn::tensor::Device;
+
+    #[test]
+    fn abs_sum_is_the_same_on_any_thread_count() {
+        // 3.5 blocks of mixed magnitudes: the block sums, added in order, on 1 and 3 threads;
+        // one block alone is `abs_sum_block` exactly.
+        let n = TASK_ELEMENTS * 7 / 2;
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919 % 10007) as f32 - 5000.0) * 10f32.powi((i % 9) as i32 - 4))
+            .collect();
+        let on = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| abs_sum_f64(&v))
+        };
+        let by_blocks = v
+            .chunks(TASK_ELEMENTS)
+            .map(abs_sum_block)
+            .fold(0.0, |s, b| s + b);
+        assert_eq!(on(1).to_bits(), by_blocks.to_bits());
+        assert_eq!(on(3).to_bits(), by_blocks.to_bits());
+        let exact: f64 = v.iter().map(|x| x.abs() as f64).sum();
+        assert!((by_blocks - exact).abs() <= exact * 1e-12);
+        let one = &v[..TASK_ELEMENTS];
+        assert_eq!(abs_sum_f64(one).to_bits(), abs_sum_block(one).to_bits());
+    }
 
     #[test]
     fn host_fast_paths_equal_the_tensor_ops_bit_for_bit() {
