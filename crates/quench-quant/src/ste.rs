@@ -254,8 +254,8 @@ pub fn pact_clip<const D: usize>(x: Tensor<D>, alpha: Tensor<1>, signed: bool) -
 }
 
 /// The fused CPU path of [`fake_quantize_affine`] on the Flex backend, whose tensors live in
-/// host memory: one pass over a copy of `x` computes the fake-quantized values and the in-range
-/// mask, where burn's ops take nine (divide, round, add, two clamps, compare, convert, subtract,
+/// host memory: one pass over `x`'s values computes the fake-quantized values and the positions
+/// of clamped codes (the clipped estimator's zeros), where burn's ops take nine (divide, round, add, two clamps, compare, convert, subtract,
 /// multiply), each a full read and write of the operand. The arithmetic is the same IEEE f32
 /// sequence as the op-by-op path (`x / s`, round half to even, `+ zp`, NaN-propagating clamps,
 /// `(c - zp)·s`), so both give bit-identical values, codes and masks — `quantize_to_int`, which
@@ -328,12 +328,11 @@ mod cpu {
             let first = t * chunk;
             let src = &src[first..first + out.len()];
             let mut clamped = Vec::new();
-            let track = track.then_some(&mut clamped);
+            let mut track = track.then_some(&mut clamped);
             if single {
                 per_run(src, out, scale[0], zp(0), lo, hi, first, track);
                 return clamped;
             }
-            let mut track = track;
             let units = src.chunks_exact(unit).zip(out.chunks_exact_mut(unit));
             for (i, (s, o)) in units.enumerate() {
                 let base = first + i * unit;
