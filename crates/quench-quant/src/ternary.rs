@@ -44,6 +44,53 @@ fn ternary_parts<const D: usize>(w: Tensor<D>) -> (Tensor<D>, Tensor<1>) {
     (codes, gamma)
 }
 
+/// Calls `$f(args)` through a copy of `$f` compiled for AVX2 when the CPU has it (8-lane loops;
+/// the baseline x86-64 target has only 4-lane SSE), else `$f` itself: the same source, so the
+/// same arithmetic and bits.
+macro_rules! with_avx2 {
+    ($f:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { avx2(|| $f($($arg),*)) }
+        } else {
+            $f($($arg),*)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        $f($($arg),*)
+    }};
+}
+
+/// Rounding by `(t + M) - M` with `M = 1.5·2^23` is exact half-to-even (the FPU's mode) for
+/// `|t| < 2^22`, and vectorizes, where `round_ties_even` is a libm call per element on baseline
+/// x86_64.
+const M: f32 = 12_582_912.0;
+
+/// [`absmax_host`]'s rows of `last` values: `amax`, `s = (qb−1)/amax`, `clamp(round(v·s))/s`.
+#[inline(always)]
+fn absmax_rows(src: &[f32], out: &mut [MaybeUninit<f32>], last: usize, qb: f32) {
+    for (row, out) in src.chunks_exact(last).zip(out.chunks_exact_mut(last)) {
+        // `max` skips NaN; a NaN anywhere makes the row's amax NaN, as through the tensor
+        // ops' `max_dim`. (Folds, not `any`, which stops early and does not vectorize.)
+        let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let amax = if row.iter().fold(false, |n, v| n | v.is_nan()) {
+            f32::NAN
+        } else {
+            amax.max(BITNET_EPS)
+        };
+        let scale = (qb - 1.0) / amax;
+        for (o, v) in out.iter_mut().zip(row) {
+            let t = v * scale;
+            o.write(((t + M) - M).clamp(-qb, qb - 1.0) / scale);
+        }
+    }
+}
+
 /// Flex fast path of [`absmax_quant_activation`]'s value: per row of the last axis, the same
 /// f32 operations as the tensor path (`amax`, `s = (qb−1)/amax`, `clamp(round(v·s))/s`), so the
 /// result is bit-for-bit identical, in one pass instead of ten tensor ops.
@@ -55,28 +102,10 @@ fn absmax_host<const D: usize>(x: &Tensor<D>, qb: f32) -> Option<Tensor<D>> {
     }
     let host = HostCopy::of(x)?;
     let src = host.values();
-    // Rounding by `(t + M) - M` is exact half-to-even for |t| < 2^22; |v·s| ≤ qb−1 here (NaN
-    // and ±inf rows propagate as in the tensor path's ops).
-    const M: f32 = 12_582_912.0;
     // Written row by row from the source (one pass, no copy first), in tasks of whole rows
     // across threads for large inputs (each row on its own: the same bits).
-    let quantize_rows = |src: &[f32], out: &mut [MaybeUninit<f32>]| {
-        for (row, out) in src.chunks_exact(last).zip(out.chunks_exact_mut(last)) {
-            // `max` skips NaN and vectorizes; a NaN anywhere makes the row's amax NaN, as
-            // through the tensor ops' `max_dim`.
-            let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let amax = if row.iter().any(|v| v.is_nan()) {
-                f32::NAN
-            } else {
-                amax.max(BITNET_EPS)
-            };
-            let scale = (qb - 1.0) / amax;
-            for (o, v) in out.iter_mut().zip(row) {
-                let t = v * scale;
-                o.write(((t + M) - M).clamp(-qb, qb - 1.0) / scale);
-            }
-        }
-    };
+    let quantize_rows =
+        |src: &[f32], out: &mut [MaybeUninit<f32>]| with_avx2!(absmax_rows(src, out, last, qb));
     let len = src.len();
     let mut values: Vec<f32> = Vec::with_capacity(len);
     let slots = &mut values.spare_capacity_mut()[..len];
@@ -104,21 +133,12 @@ fn ternary_host<const D: usize>(w: &Tensor<D>, scaled: bool) -> Option<(Vec<f32>
         return None;
     }
     let gamma = ((abs_sum_f64(src) / src.len() as f64) as f32).max(BITNET_EPS);
-    // `(t + M) - M` with M = 1.5·2^23 rounds half to even (the FPU's mode) for |t| < 2^22, and
-    // vectorizes, where `round_ties_even` is a libm call per element on baseline x86_64.
-    // Clamping to ±2 first keeps |t| small and changes no code: round(±2) clamps to ±1 as
-    // round(anything beyond) does. NaN stays NaN, as through the tensor ops. `code·γ` is exact
-    // (the code is −1, 0 or 1), the value `codes * γ` gives through the tensor ops.
-    const M: f32 = 12_582_912.0;
     let unit = if scaled { gamma } else { 1.0 };
     // Elementwise, so splitting over threads changes no bit. A loop over slices, which
-    // vectorizes (divisions eight at a time), where `par_iter().map().collect()` wrote one
-    // element at a time (11 % of a ternary MLP step).
+    // vectorizes, where `par_iter().map().collect()` wrote one element at a time (11 % of a
+    // ternary MLP step).
     let codes = |src: &[f32], out: &mut [MaybeUninit<f32>]| {
-        for (o, v) in out.iter_mut().zip(src) {
-            let t = (v / gamma).clamp(-2.0, 2.0);
-            o.write(((t + M) - M).clamp(-1.0, 1.0) * unit);
-        }
+        with_avx2!(ternary_codes_into(src, out, gamma, unit))
     };
     let len = src.len();
     let mut values: Vec<f32> = Vec::with_capacity(len);
@@ -131,6 +151,19 @@ fn ternary_host<const D: usize>(w: &Tensor<D>, scaled: bool) -> Option<(Vec<f32>
     unsafe { values.set_len(len) };
     let device = host.device;
     Some((values, gamma, device))
+}
+
+/// `clamp(round(v/γ), −1, 1)·unit` of each value. Clamping to ±2 first keeps `|t|` small for the
+/// rounding ([`M`]) and changes no code: round(±2) clamps to ±1 as round(anything beyond) does.
+/// NaN stays NaN, as through the tensor ops. `code·γ` is exact (the code is −1, 0 or 1), the
+/// value `codes * γ` gives through the tensor ops. (A compare against `γ/2` instead of the
+/// division gives the same codes, but measured no faster: the pass is bound by memory.)
+#[inline(always)]
+fn ternary_codes_into(src: &[f32], out: &mut [MaybeUninit<f32>], gamma: f32, unit: f32) {
+    for (o, v) in out.iter_mut().zip(src) {
+        let t = (v / gamma).clamp(-2.0, 2.0);
+        o.write(((t + M) - M).clamp(-1.0, 1.0) * unit);
+    }
 }
 
 /// `Σ|v|` in f64: blocks of [`TASK_ELEMENTS`] summed on their own (across threads), then the
@@ -146,7 +179,8 @@ fn abs_sum_f64(values: &[f32]) -> f64 {
 
 /// `Σ|v|` in f64 with eight independent partial sums, combined in a fixed order: the same result
 /// on every run, and vectorizable, where one running sum is bound by the latency of each add (it
-/// was 80 % of the ternary weight pass).
+/// was 80 % of the ternary weight pass). (Explicit 4-lane f64 AVX adds measured no faster: the
+/// pass is bound by reading the weight.)
 fn abs_sum_block(values: &[f32]) -> f64 {
     let mut acc = [0f64; 8];
     let chunks = values.chunks_exact(8);
