@@ -520,21 +520,9 @@ mod tests {
         assert_eq!(lb, vec![4, 0, 8]);
     }
 
-    /// `../shared/datasets/mnist-t10k` beside the checkout, found when the test runs: `env!`
-    /// would bake in the path of the checkout that compiled it, stale when a target dir is
-    /// reused by another clone.
-    fn mnist_t10k() -> std::path::PathBuf {
-        std::env::var_os("CARGO_MANIFEST_DIR")
-            .map_or_else(
-                || env!("CARGO_MANIFEST_DIR").into(),
-                std::path::PathBuf::from,
-            )
-            .join("../../../shared/datasets/mnist-t10k")
-    }
-
     #[test]
     fn real_mnist_t10k() {
-        let set = ImageSet::load_split(&mnist_t10k(), Split::Test).unwrap();
+        let set = ImageSet::load_split(&crate::shared_dataset("mnist-t10k"), Split::Test).unwrap();
         assert_eq!(
             (set.len(), set.rows, set.cols, set.num_classes),
             (10_000, 28, 28, 10)

@@ -369,21 +369,9 @@ mod tests {
         assert_eq!(sizes, vec![2, 1]);
     }
 
-    /// `../shared/datasets/tinyshakespeare/input.txt` beside the checkout, found when the test
-    /// runs: `env!` would bake in the path of the checkout that compiled it, stale when a
-    /// target dir is reused by another clone.
-    fn shakespeare() -> std::path::PathBuf {
-        std::env::var_os("CARGO_MANIFEST_DIR")
-            .map_or_else(
-                || env!("CARGO_MANIFEST_DIR").into(),
-                std::path::PathBuf::from,
-            )
-            .join("../../../shared/datasets/tinyshakespeare/input.txt")
-    }
-
     #[test]
     fn real_tinyshakespeare() {
-        let c = CharCorpus::from_file(&shakespeare()).unwrap();
+        let c = CharCorpus::from_file(&crate::shared_dataset("tinyshakespeare/input.txt")).unwrap();
         assert_eq!(c.ids.len(), 1_115_394); // pure ASCII: bytes == chars
         assert_eq!(c.vocab_size(), 65);
         assert_eq!(c.decode(&c.ids[..14]), "First Citizen:");
