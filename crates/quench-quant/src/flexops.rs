@@ -47,6 +47,30 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+/// Calls `$f(args)` through a copy of `$f` compiled for AVX2 when the CPU has it (8-lane loops;
+/// the baseline x86-64 target has only 4-lane SSE), else `$f` itself: the same source, so the
+/// same arithmetic and bits. `$f` is `#[inline(always)]`, so that its loops are compiled
+/// inside the AVX2 copy.
+macro_rules! with_avx2 {
+    ($f:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { avx2(|| $f($($arg),*)) }
+        } else {
+            $f($($arg),*)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        $f($($arg),*)
+    }};
+}
+pub(crate) use with_avx2;
+
 /// Elements per rayon task of quench's host passes (fake quantization, BitNet, masks,
 /// min/max): a pass over at most this many runs on the calling thread.
 pub(crate) const TASK_ELEMENTS: usize = 1 << 15;
@@ -874,20 +898,8 @@ fn padded<'a>(x: &'a [f32], g: &Geometry, buf: &'a mut Vec<f32>) -> &'a [f32] {
 /// The patch matrix `[C·Kh·Kw, Ho·Wo]` of one padded sample `xp` ([`padded`]): row
 /// `(c, ky, kx)` holds, for every output pixel, the input under that kernel tap.
 fn im2col(xp: &[f32], g: &Geometry, cols: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { im2col_avx2(xp, g, cols) };
-        return;
-    }
-    im2col_body(xp, g, cols);
-}
-
-/// [`im2col`] with 8-lane copies (the baseline x86-64 target has only SSE).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn im2col_avx2(xp: &[f32], g: &Geometry, cols: &mut [f32]) {
-    im2col_body(xp, g, cols);
+    // 8-lane copies with AVX2 (the baseline x86-64 target has only SSE).
+    with_avx2!(im2col_body(xp, g, cols))
 }
 
 #[inline(always)]
@@ -940,20 +952,8 @@ fn copy_run(dst: &mut [f32], src: &[f32]) {
 /// position it was read from. `dx` is `[C, H, W]`, zeroed by the caller; `buf` is scratch for
 /// the padded frame.
 fn col2im(cols: &[f32], g: &Geometry, dx: &mut [f32], buf: &mut Vec<f32>) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { col2im_avx2(cols, g, dx, buf) };
-        return;
-    }
-    col2im_body(cols, g, dx, buf);
-}
-
-/// [`col2im`] with 8-lane adds.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn col2im_avx2(cols: &[f32], g: &Geometry, dx: &mut [f32], buf: &mut Vec<f32>) {
-    col2im_body(cols, g, dx, buf);
+    // 8-lane adds with AVX2.
+    with_avx2!(col2im_body(cols, g, dx, buf))
 }
 
 #[inline(always)]

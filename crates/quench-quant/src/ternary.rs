@@ -10,7 +10,7 @@ use std::mem::MaybeUninit;
 use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::flexops::{TASK_ELEMENTS, task_len};
+use crate::flexops::{TASK_ELEMENTS, task_len, with_avx2};
 use crate::qparams::HostCopy;
 use crate::ste::{round_add_zp, straight_through};
 
@@ -42,28 +42,6 @@ fn ternary_parts<const D: usize>(w: Tensor<D>) -> (Tensor<D>, Tensor<1>) {
         .clamp_min(-1.0)
         .clamp_max(1.0);
     (codes, gamma)
-}
-
-/// Calls `$f(args)` through a copy of `$f` compiled for AVX2 when the CPU has it (8-lane loops;
-/// the baseline x86-64 target has only 4-lane SSE), else `$f` itself: the same source, so the
-/// same arithmetic and bits.
-macro_rules! with_avx2 {
-    ($f:ident($($arg:expr),*)) => {{
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            unsafe { avx2(|| $f($($arg),*)) }
-        } else {
-            $f($($arg),*)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        $f($($arg),*)
-    }};
 }
 
 /// Rounding by `(t + M) - M` with `M = 1.5·2^23` is exact half-to-even (the FPU's mode) for
