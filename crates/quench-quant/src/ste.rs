@@ -933,11 +933,52 @@ pub(crate) mod tests {
         }
     }
 
+    /// The fused fake-quant of `x` (scale `s`, no zero-point, `[qmin, qmax]`) against
+    /// `clipped_straight_through`'s op-by-op form, through `(y + w)·g` summed: the sum's
+    /// backward hands one gradient buffer to both, so a node that zeroes clamped positions must
+    /// do it in a copy, leaving `w`'s gradient whole. Checks that the fused one recorded
+    /// `(identity, mask)` nodes, and returns each side's bits of (value, x's gradient, w's
+    /// gradient), fused first.
+    fn fused_vs_op_by_op(
+        xs: &[f32],
+        gs: &[f32],
+        s: f32,
+        (qmin, qmax): (i32, i32),
+        nodes: (usize, usize),
+    ) -> [(Vec<u32>, Vec<u32>, Vec<u32>); 2] {
+        let d = ad();
+        let s = t1(&[s], &d).without_autodiff();
+        let run = |fused: bool| {
+            let x = t1(xs, &d).require_grad();
+            let y = if fused {
+                let ids = || crate::flexops::tests::IDENTITY_CALLS.with(|n| n.get());
+                let masks = || crate::flexops::tests::MASK_CALLS.with(|n| n.get());
+                let (i, m) = (ids(), masks());
+                let y = fake_quantize_affine(x.clone(), s.clone(), None, qmin, qmax);
+                assert_eq!(
+                    (ids() - i, masks() - m),
+                    nodes,
+                    "(identity, mask) nodes recorded"
+                );
+                y
+            } else {
+                let (raw, codes) = raw_and_codes(x.clone(), s.clone(), None, qmin, qmax);
+                let keep = InRange::Bool(raw.equal(codes.clone()));
+                clipped_straight_through(x.clone(), codes * s.clone(), keep)
+            };
+            let w = t1(&vec![0.0; xs.len()], &d).require_grad();
+            let grads = ((y.clone() + w.clone()) * t1(gs, &d)).sum().backward();
+            let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            let gw = bits(vals(w.grad(&grads).unwrap()));
+            (bits(vals(y)), bits(vals(x.grad(&grads).unwrap())), gw)
+        };
+        [run(true), run(false)]
+    }
+
     #[test]
     fn in_range_fake_quant_is_recorded_as_the_identity_with_the_same_gradient() {
-        // Nothing clamps (min/max ranges): one identity node, and the same gradient bits as
-        // the op-by-op clipped straight-through.
-        let d = ad();
+        // Nothing clamps (min/max ranges): one identity node, no mask, and the same gradient
+        // bits as the op-by-op clipped straight-through.
         let n = 50_000;
         let xs: Vec<f32> = (0..n)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01)
@@ -945,28 +986,10 @@ pub(crate) mod tests {
         let gs: Vec<f32> = (0..n)
             .map(|i| ((i * 53 % 29) as f32 - 14.0) * 0.7)
             .collect();
-        let s = t1(&[0.5 / 127.0], &d).without_autodiff();
-        let run = |recorded: bool| {
-            let x = t1(&xs, &d).require_grad();
-            let y = if recorded {
-                let ids = || crate::flexops::tests::IDENTITY_CALLS.with(|n| n.get());
-                let masks = || crate::flexops::tests::MASK_CALLS.with(|n| n.get());
-                let (i, m) = (ids(), masks());
-                let y = fake_quantize_affine(x.clone(), s.clone(), None, -128, 127);
-                assert_eq!((ids(), masks()), (i + 1, m), "one identity node, no mask");
-                y
-            } else {
-                let (raw, codes) = raw_and_codes(x.clone(), s.clone(), None, -128, 127);
-                let keep = InRange::Bool(raw.equal(codes.clone()));
-                clipped_straight_through(x.clone(), codes * s.clone(), keep)
-            };
-            let grads = (y.clone() * t1(&gs, &d)).sum().backward();
-            let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            (bits(vals(y)), bits(vals(x.grad(&grads).unwrap())))
-        };
-        let (a, b) = (run(true), run(false));
+        let [a, b] = fused_vs_op_by_op(&xs, &gs, 0.5 / 127.0, (-128, 127), (1, 0));
         assert_eq!(a.0, b.0, "values");
         assert_eq!(a.1, b.1, "gradients");
+        assert_eq!(a.2, b.2, "the other operand's gradient");
     }
 
     #[test]
@@ -1004,8 +1027,7 @@ pub(crate) mod tests {
         // The custom autodiff node (Flex) against `clipped_straight_through`'s three tracked
         // ops: the same values and the same gradient bits, with an upstream gradient of mixed
         // signs (so clamped positions get -0.0 or 0.0 alike in both). 70 001 elements: the
-        // backward's product is split over threads, with a ragged last chunk.
-        let d = ad();
+        // forward's clamped positions come from several tasks, a ragged last one.
         let n = 70_001;
         let xs: Vec<f32> = (0..n)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.11)
@@ -1013,29 +1035,7 @@ pub(crate) mod tests {
         let gs: Vec<f32> = (0..n)
             .map(|i| ((i * 53 % 29) as f32 - 14.0) * 0.7)
             .collect();
-        let s = t1(&[0.35], &d).without_autodiff();
-        let run = |recorded: bool| {
-            let x = t1(&xs, &d).require_grad();
-            let y = if recorded {
-                let calls = || crate::flexops::tests::MASK_CALLS.with(|n| n.get());
-                let before = calls();
-                let y = fake_quantize_affine(x.clone(), s.clone(), None, -8, 7);
-                assert_eq!(calls(), before + 1, "recorded as one node");
-                y
-            } else {
-                let (raw, codes) = raw_and_codes(x.clone(), s.clone(), None, -8, 7);
-                let keep = InRange::Bool(raw.equal(codes.clone()));
-                clipped_straight_through(x.clone(), codes * s.clone(), keep)
-            };
-            // `y + w`: the sum's backward hands one gradient buffer to both, so the node must
-            // zero its clamped positions in a copy, leaving `w`'s gradient whole.
-            let w = t1(&vec![0.0; n], &d).require_grad();
-            let grads = ((y.clone() + w.clone()) * t1(&gs, &d)).sum().backward();
-            let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            let gw = bits(vals(w.grad(&grads).unwrap()));
-            (bits(vals(y)), bits(vals(x.grad(&grads).unwrap())), gw)
-        };
-        let (a, b) = (run(true), run(false));
+        let [a, b] = fused_vs_op_by_op(&xs, &gs, 0.35, (-8, 7), (0, 1));
         assert_eq!(a.0, b.0, "values");
         assert_eq!(a.1, b.1, "gradients");
         assert_eq!(a.2, b.2, "the other operand's gradient");
