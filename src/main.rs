@@ -150,6 +150,11 @@ enum Command {
         /// steps make a memory soak: see rss_mb_after_warmup / rss_mb_end).
         #[arg(long, default_value_t = quench::train::bench::BATCH_SIZE)]
         batch_size: usize,
+        /// Time the workloads side by side: build them all, then let them take turns, this
+        /// many steps each, until each has done --steps (each line then lists its blocks'
+        /// seconds; benches/overhead.sh turns them into paired ratios).
+        #[arg(long, value_name = "STEPS")]
+        interleave: Option<usize>,
     },
     /// The backends compiled into this build and the GPU adapters found (wgpu builds).
     Devices,
@@ -339,6 +344,7 @@ fn real_main() -> Result<()> {
             steps,
             warmup,
             batch_size,
+            interleave,
         } => {
             use quench::train::bench::{BenchOptions, WORKLOADS, bench};
             let opts = BenchOptions {
@@ -348,6 +354,7 @@ fn real_main() -> Result<()> {
                 steps,
                 warmup,
                 batch_size,
+                interleave,
             };
             bench(&opts, |r| {
                 println!("{}", serde_json::to_string(r).unwrap_or_default());

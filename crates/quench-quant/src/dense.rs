@@ -120,7 +120,13 @@ impl WeightedOp for Dense {
     fn forward(&self, x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>) -> FlexTensor {
         forward(x, w, b, self.0)
     }
-    fn backward(&self, x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, need: Needs) -> Grads {
+    fn backward(
+        &self,
+        x: Option<&FlexTensor>,
+        w: Option<&FlexTensor>,
+        dy: &FlexTensor,
+        need: Needs,
+    ) -> Grads {
         let s = self.0;
         let dy = contiguous(dy);
         let dys = slice(&dy);
@@ -129,13 +135,13 @@ impl WeightedOp for Dense {
             FlexTensor::from_data(TensorData::new(values, shape))
         };
         // dx[rows, d_in] = dy[rows, d_out] · W[d_in, d_out]ᵀ
-        let dx = need.dx.then(|| {
+        let dx = w.filter(|_| need.dx).map(|w| {
             let w = contiguous(w);
             let dx = matmul_new(dy_mat, MatRef::col_major(slice(&w), s.d_out, s.d_in));
             flex(dx, vec![s.rows, s.d_in])
         });
         // dW[d_in, d_out] = x[rows, d_in]ᵀ · dy[rows, d_out]
-        let dw = need.dw.then(|| {
+        let dw = x.filter(|_| need.dw).map(|x| {
             let x = contiguous(x);
             let dw = matmul_new(MatRef::col_major(slice(&x), s.d_in, s.rows), dy_mat);
             flex(dw, vec![s.d_in, s.d_out])

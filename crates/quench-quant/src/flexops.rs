@@ -255,14 +255,22 @@ fn host_conv(
 
 /// An op on an input, a weight and an optional bias that runs on Flex primitives and records
 /// one autodiff node with the three as parents (the convolution, the dense layer's product).
-/// The op value carries the sizes; the node saves the input and the weight.
+/// The op value carries the sizes; the node saves the input and the weight where the backward
+/// will read them.
 pub(crate) trait WeightedOp: Copy + std::fmt::Debug + Send + Sync + 'static {
     /// The bias length (the zero constant parent stands in when there is no bias).
     fn bias_len(&self) -> usize;
     /// The output, from row-major or strided Flex tensors.
     fn forward(&self, x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>) -> FlexTensor;
     /// The gradients `need` asks for (input, weight, bias), from the output gradient `dy`.
-    fn backward(&self, x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, need: Needs) -> Grads;
+    /// `x` is `Some` when `need.dw`, `w` when `need.dx` (each is saved only for that).
+    fn backward(
+        &self,
+        x: Option<&FlexTensor>,
+        w: Option<&FlexTensor>,
+        dy: &FlexTensor,
+        need: Needs,
+    ) -> Grads;
 }
 
 /// The autodiff node of a [`WeightedOp`].
@@ -282,11 +290,11 @@ impl<O: WeightedOp> Backward<Flex, 3> for Weighted<O> {
         let dy = grads.consume::<Flex>(&ops.node);
         let Saved { x, w } = ops.state;
         let need = Needs {
-            dx: node_x.is_some(),
-            dw: node_w.is_some(),
+            dx: node_x.is_some() && w.is_some(),
+            dw: node_w.is_some() && x.is_some(),
             db: node_b.is_some(),
         };
-        let (dx, dw, db) = self.0.backward(&x, &w, &dy, need);
+        let (dx, dw, db) = self.0.backward(x.as_ref(), w.as_ref(), &dy, need);
         for (node, grad) in [(node_x, dx), (node_w, dw), (node_b, db)] {
             if let (Some(node), Some(grad)) = (node, grad) {
                 grads.register::<Flex>(node.id, grad);
@@ -295,12 +303,15 @@ impl<O: WeightedOp> Backward<Flex, 3> for Weighted<O> {
     }
 }
 
-/// What a [`WeightedOp`]'s backward needs: the input and the weight (shared buffers, not
-/// copies).
+/// What a [`WeightedOp`]'s backward needs (shared buffers, not copies): the input when the
+/// weight's gradient is wanted, the weight when the input's is. A fake-quantized weight is a
+/// fresh buffer each step; the first layer's input (the data) wants no gradient, so its
+/// quantized weight is freed right after the forward instead of being held to the end of the
+/// backward.
 #[derive(Debug, Clone)]
 struct Saved {
-    pub(crate) x: FlexTensor,
-    pub(crate) w: FlexTensor,
+    pub(crate) x: Option<FlexTensor>,
+    pub(crate) w: Option<FlexTensor>,
 }
 
 /// Runs `op` on the primitives of `x`, `w` and `b`: a plain Flex forward when none of them is
@@ -349,9 +360,10 @@ pub(crate) fn run_weighted<O: WeightedOp, const D: usize, const E: usize>(
         .stateful()
     {
         OpsKind::Tracked(prep) => {
+            let wants_grad = |t: &FloatTensor<Ad>| t.is_tracked();
             let saved = Saved {
-                x: x.primitive().clone(),
-                w: w.primitive().clone(),
+                x: wants_grad(&w).then(|| x.primitive().clone()),
+                w: wants_grad(&x).then(|| w.primitive().clone()),
             };
             prep.finish(saved, out)
         }
@@ -553,7 +565,13 @@ impl WeightedOp for HostConv {
     fn forward(&self, x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>) -> FlexTensor {
         forward(x, w, b, &self.0)
     }
-    fn backward(&self, x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, need: Needs) -> Grads {
+    fn backward(
+        &self,
+        x: Option<&FlexTensor>,
+        w: Option<&FlexTensor>,
+        dy: &FlexTensor,
+        need: Needs,
+    ) -> Grads {
         backward(x, w, dy, &self.0, need)
     }
 }
@@ -657,9 +675,21 @@ pub(crate) type Grads = (Option<FlexTensor>, Option<FlexTensor>, Option<FlexTens
 
 /// Input, weight and bias gradients from the output gradient `dy`:
 /// `dW = Σ_b dy[b] · cols(x[b])ᵀ`, `db = Σ_b,pixels dy[b]`, `dx[b] = col2im(Wᵀ · dy[b])`.
-fn backward(x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, g: &Geometry, need: Needs) -> Grads {
-    let (x, w, dy) = (contiguous(x), contiguous(w), contiguous(dy));
-    let (xs, ws, dys) = (slice(&x), slice(&w), slice(&dy));
+///
+/// `x` is read only for dW and `w` only for dx (each is `Some` when that gradient is needed).
+fn backward(
+    x: Option<&FlexTensor>,
+    w: Option<&FlexTensor>,
+    dy: &FlexTensor,
+    g: &Geometry,
+    need: Needs,
+) -> Grads {
+    let (x, w, dy) = (x.map(contiguous), w.map(contiguous), contiguous(dy));
+    let (xs, ws, dys) = (
+        x.as_ref().map_or(&[][..], slice),
+        w.as_ref().map_or(&[][..], slice),
+        slice(&dy),
+    );
     let (k, p, co) = (g.patch(), g.pixels(), g.out_channels);
     let per_task = samples_per_task(g);
     let tasks = g.batch.div_ceil(per_task);

@@ -11,6 +11,7 @@ pub mod observer;
 pub mod pack;
 pub mod qparams;
 pub mod quantizer;
+pub mod range_hint;
 pub mod reparam;
 pub mod spec;
 pub mod ste;

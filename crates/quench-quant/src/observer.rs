@@ -293,6 +293,13 @@ impl RangeObserver {
         // root, and every op on it would join an autodiff graph that is never consumed.
         let (bmin, bmax) =
             host_range.unwrap_or_else(|| self.batch_range(x.without_autodiff(), layout));
+        self.observe_range(bmin, bmax);
+        true
+    }
+
+    /// Folds one batch's per-scale statistic `(bmin, bmax)` (plain tensors of `num_scales`
+    /// values) into the ranges, by the estimator's rule. The caller checked `!is_frozen()`.
+    pub(crate) fn observe_range(&self, bmin: Tensor<1>, bmax: Tensor<1>) {
         let n = self.updates.get();
         let (omin, omax) = (self.min.value(), self.max.value());
         let autodiff = omin.is_autodiff();
@@ -313,7 +320,23 @@ impl RangeObserver {
         store(&self.min, autodiff, min);
         store(&self.max, autodiff, max);
         self.updates.set(n + 1.0);
-        true
+    }
+
+    /// The state [`Self::restore`] puts back: the ranges and the update count.
+    pub(crate) fn snapshot(&self) -> ObserverSnapshot {
+        ObserverSnapshot {
+            min: self.min.value(),
+            max: self.max.value(),
+            updates: self.updates.get(),
+        }
+    }
+
+    /// Undoes the updates made since `snapshot` was taken (same tensors, same count).
+    pub(crate) fn restore(&self, snapshot: ObserverSnapshot) {
+        let autodiff = snapshot.min.is_autodiff();
+        store(&self.min, autodiff, snapshot.min);
+        store(&self.max, autodiff, snapshot.max);
+        self.updates.set(snapshot.updates);
     }
 
     /// This batch's per-scale statistic: min/max, or the percentile pair.
@@ -333,6 +356,13 @@ impl RangeObserver {
             rows.narrow(1, k - 1, 1).reshape([n]),
         )
     }
+}
+
+/// An observer's ranges and update count at one point, for [`RangeObserver::restore`].
+pub(crate) struct ObserverSnapshot {
+    min: Tensor<1>,
+    max: Tensor<1>,
+    updates: f32,
 }
 
 /// 1-based rank of the `p`-th percentile among `m` sorted values: `ceil(p/100·m)` in `1..=m`.

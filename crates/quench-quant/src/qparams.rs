@@ -289,6 +289,7 @@ impl QuantLayout {
 /// the fake-quant kernel, which writes its output to a new buffer in the same pass that reads
 /// this one (an earlier version copied the values first and quantized the copy in place; that
 /// `memcpy` was 4 % of a QAT MLP step, on the step's thread).
+#[derive(Clone)]
 pub(crate) struct HostCopy {
     tensor: burn_flex::FlexTensor,
     /// The plain (non-autodiff) device the tensor was on.
@@ -335,7 +336,7 @@ fn host_min_max(values: &[f32], outer: usize, len: usize, inner: usize) -> (Vec<
             .map(|rows| {
                 let mut mn = vec![f32::INFINITY; inner];
                 let mut mx = vec![f32::NEG_INFINITY; inner];
-                rows_min_max(rows, &mut mn, &mut mx);
+                fold_rows_min_max(rows, &mut mn, &mut mx);
                 (mn, mx)
             })
             .collect();
@@ -353,13 +354,13 @@ fn host_min_max(values: &[f32], outer: usize, len: usize, inner: usize) -> (Vec<
             .zip(max.par_chunks_mut(inner))
             .zip(values.par_chunks(block))
             .with_min_len((TASK_ELEMENTS / block).max(1))
-            .for_each(|((mn, mx), rows)| rows_min_max(rows, mn, mx));
+            .for_each(|((mn, mx), rows)| fold_rows_min_max(rows, mn, mx));
     }
     (min, max)
 }
 
 /// `min` that propagates NaN (`f32::min` drops it).
-fn nan_min(a: f32, b: f32) -> f32 {
+pub(crate) fn nan_min(a: f32, b: f32) -> f32 {
     if a.is_nan() || b.is_nan() {
         f32::NAN
     } else {
@@ -368,7 +369,7 @@ fn nan_min(a: f32, b: f32) -> f32 {
 }
 
 /// `max` that propagates NaN (`f32::max` drops it).
-fn nan_max(a: f32, b: f32) -> f32 {
+pub(crate) fn nan_max(a: f32, b: f32) -> f32 {
     if a.is_nan() || b.is_nan() {
         f32::NAN
     } else {
@@ -378,7 +379,7 @@ fn nan_max(a: f32, b: f32) -> f32 {
 
 /// Folds the rows of the row-major `[rows, min.len()]` matrix `rows` into the running per-column
 /// `min` and `max` (NaN sticks).
-fn rows_min_max(rows: &[f32], min: &mut [f32], max: &mut [f32]) {
+pub(crate) fn fold_rows_min_max(rows: &[f32], min: &mut [f32], max: &mut [f32]) {
     let cols = min.len();
     assert!(cols > 0 && max.len() == cols && rows.len().is_multiple_of(cols));
     let mut done = 0;
@@ -404,7 +405,7 @@ mod avx {
     /// Rows folded per load and store of the running results.
     const ROWS: usize = 8;
 
-    /// [`super::rows_min_max`] for the leading multiple of 8 of the columns; returns how many
+    /// [`super::fold_rows_min_max`] for the leading multiple of 8 of the columns; returns how many
     /// columns it did.
     ///
     /// # Safety

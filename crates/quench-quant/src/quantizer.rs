@@ -282,7 +282,17 @@ impl Quantizer {
         let affine = self.step.is_none() && self.alpha.is_none();
         let host = if affine { HostCopy::of(&x) } else { None };
         if observe && let Some(observer) = &self.observer {
-            observer.observe_with(x.clone(), host.as_ref(), &layout);
+            if enabled && let Some(host) = &host {
+                match self.forward_hinted(&x, host, &layout, observer) {
+                    Hinted::Done(y) => return *y,
+                    Hinted::Observed => {}
+                    Hinted::NoHint => {
+                        observer.observe_with(x.clone(), Some(host), &layout);
+                    }
+                }
+            } else {
+                observer.observe_with(x.clone(), host.as_ref(), &layout);
+            }
         }
         self.init_step(&x, &layout);
         if !enabled {
@@ -313,6 +323,75 @@ impl Quantizer {
             self.step.as_ref().map(|p| p.val()),
             self.alpha.as_ref().map(|p| p.val()),
         )
+    }
+
+    /// The per-channel weight path with a range hint (`crate::range_hint`): a `Linear` weight
+    /// `[d_in, d_out]` quantized per output channel by an observer, on the CPU. The optimizer
+    /// left the weight's per-column min/max; the observer takes it, and one pass quantizes with
+    /// the resulting scales while it checks the hint against the values. A hint that does not
+    /// check out is undone (the observer restored) and the observer takes the actual range
+    /// that pass found ([`Hinted::Observed`]; the caller quantizes again), or, when there is
+    /// no usable hint, nothing happened ([`Hinted::NoHint`]).
+    fn forward_hinted<const D: usize>(
+        &self,
+        x: &Tensor<D>,
+        host: &HostCopy,
+        layout: &QuantLayout,
+        observer: &RangeObserver,
+    ) -> Hinted<D> {
+        let (Operand::Weight(_), &[rows, cols]) = (&self.operand, layout.shape()) else {
+            return Hinted::NoHint;
+        };
+        if self.spec.granularity != Granularity::PerChannel
+            || layout.view_shape() != [rows, cols, 1, 1]
+            || self.spec.estimator == Estimator::Percentile
+            || observer.is_frozen()
+        {
+            return Hinted::NoHint;
+        }
+        crate::range_hint::want([rows, cols]);
+        let Some((min, max)) = crate::range_hint::take(host.values(), cols) else {
+            return Hinted::NoHint;
+        };
+        let Some(dims) = layout.native_stat_dims::<D>() else {
+            return Hinted::NoHint;
+        };
+        let snapshot = observer.snapshot();
+        observer.observe_range(
+            flat(min.clone(), &host.device),
+            flat(max.clone(), &host.device),
+        );
+        let Some((omin, omax)) = observer.range() else {
+            observer.restore(snapshot);
+            return Hinted::NoHint;
+        };
+        let (scale, zero_point) =
+            scale_from_range(omin.without_autodiff(), omax.without_autodiff(), &self.spec);
+        let (qmin, qmax) = self.spec.qrange();
+        let y = crate::ste::fake_quantize_affine_checked(
+            x.clone(),
+            host.clone(),
+            scale.reshape(dims),
+            zero_point.map(|z| z.reshape(dims)),
+            qmin,
+            qmax,
+            (&min, &max),
+        );
+        crate::range_hint::record(y.is_ok());
+        match y {
+            Ok(y) => Hinted::Done(Box::new(y)),
+            Err(actual) => {
+                observer.restore(snapshot);
+                match actual {
+                    Some((min, max)) => {
+                        let device = &host.device;
+                        observer.observe_range(flat(min, device), flat(max, device));
+                        Hinted::Observed
+                    }
+                    None => Hinted::NoHint,
+                }
+            }
+        }
     }
 
     /// Current scales and zero-points, flattened per channel / group (layout order); `None`
@@ -447,6 +526,17 @@ impl Quantizer {
         let (scale, zero_point) = scale_from_range(min, max, &self.spec);
         QParams::Affine { scale, zero_point }
     }
+}
+
+/// What [`Quantizer::forward_hinted`] did.
+enum Hinted<const D: usize> {
+    /// The fake-quantized output (the observer has taken this step's range). Boxed: a tensor
+    /// is large next to the other variants.
+    Done(Box<Tensor<D>>),
+    /// The observer has taken this step's range; quantizing is left to the caller.
+    Observed,
+    /// Nothing: the caller observes and quantizes as usual.
+    NoHint,
 }
 
 /// Affine fake quantization of `x` with flat per-scale qparams: broadcast in `x`'s own shape
@@ -588,6 +678,114 @@ mod tests {
         for (i, c) in codes.iter().enumerate() {
             let s = scales[i % 2];
             assert_eq!(y[i], (*c - zps[i % 2]) as f32 * s, "element {i}");
+        }
+    }
+
+    fn bits(t: Tensor<1>) -> Vec<u32> {
+        vals(t).iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Output, weight-gradient and observer bits of one training forward of `q` on `w`
+    /// (backward of `Σ y·g` with a non-uniform `g`).
+    fn hinted_run(q: &Quantizer, w: &[f32], dims: [usize; 2]) -> [Vec<u32>; 4] {
+        let d = Device::flex().autodiff();
+        let w = Tensor::<2>::from_data(TensorData::new(w.to_vec(), dims), &d).require_grad();
+        let y = q.forward(w.clone(), true);
+        let n = dims[0] * dims[1];
+        let g: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 2.5).collect();
+        let g = Tensor::<2>::from_data(TensorData::new(g, dims), &d);
+        let grads = (y.clone() * g).sum().backward();
+        let dw = w.grad(&grads).map(|t| t.reshape([n])).unwrap();
+        let (min, max) = q.observer().unwrap().range().unwrap();
+        let flat = |t: Tensor<1>| bits(t.without_autodiff());
+        [
+            flat(y.reshape([n]).without_autodiff()),
+            bits(dw),
+            flat(min),
+            flat(max),
+        ]
+    }
+
+    /// A weight whose range hint the optimizer left (`range_hint`) is quantized in one pass
+    /// with the same output, gradient and observer bits as without it; a stale hint or a NaN
+    /// among the values falls back to the sweep, again with the same bits.
+    #[test]
+    fn range_hints_change_no_bit_and_stale_ones_fall_back() {
+        use crate::range_hint::set_enabled_on_this_thread as hints;
+        use crate::range_hint::{column_ranges, outcomes_on_this_thread, publish};
+        // 37 rows of 20 columns: two 8-lane blocks and a scalar tail per row.
+        let dims = [37, 20];
+        let base: Vec<f32> = (0..740)
+            .map(|i| ((i * 7919) % 401) as f32 / 97.0 - 2.0)
+            .collect();
+        for (estimator, symmetric) in [(Estimator::MinMax, true), (Estimator::MovingAverage, false)]
+        {
+            let sp = QuantSpec {
+                bits: 4,
+                granularity: Granularity::PerChannel,
+                estimator,
+                momentum: 0.5,
+                symmetric,
+                ..QuantSpec::default()
+            };
+            let d = Device::flex().autodiff();
+            let plain = Quantizer::for_weight(&sp, &dims, 1, &d).unwrap();
+            let hinted = Quantizer::for_weight(&sp, &dims, 1, &d).unwrap();
+            for step in 0..4 {
+                let mut w: Vec<f32> = base.iter().map(|v| v * (1.0 + step as f32 / 8.0)).collect();
+                // step 2: a stale hint (one column's max is off); step 3: a NaN in the values.
+                if step == 3 {
+                    w[45] = f32::NAN;
+                }
+                hints(false);
+                let want = hinted_run(&plain, &w, dims);
+                hints(true);
+                let (ok, bad) = outcomes_on_this_thread();
+                // The hint must be for the very buffer the quantizer reads: publish it from
+                // inside the forward's input, as the optimizer would for the weight it wrote.
+                let t = Tensor::<2>::from_data(TensorData::new(w.clone(), dims), &d).require_grad();
+                let host = HostCopy::of(&t).unwrap();
+                let clean: Vec<f32> = w
+                    .iter()
+                    .map(|v| if v.is_nan() { 0.5 } else { *v })
+                    .collect();
+                let (min, mut max) = column_ranges(&clean, dims[1]);
+                if step == 2 {
+                    max[3] += 1.0;
+                }
+                publish(host.values(), min, max);
+                let y = hinted.forward(t.clone(), true);
+                let after = outcomes_on_this_thread();
+                let expect = if step < 2 {
+                    (ok + 1, bad)
+                } else {
+                    (ok, bad + 1)
+                };
+                assert_eq!(after, expect, "{estimator:?} step {step}");
+                // Same output, gradient and observer state as the quantizer without hints.
+                let n = 740;
+                let g: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 2.5).collect();
+                let g = Tensor::<2>::from_data(TensorData::new(g, dims), &d);
+                let grads = (y.clone() * g).sum().backward();
+                let dw = bits(t.grad(&grads).unwrap().reshape([n]));
+                let (min, max) = hinted.observer().unwrap().range().unwrap();
+                let got = [
+                    bits(y.reshape([n]).without_autodiff()),
+                    dw,
+                    bits(min.without_autodiff()),
+                    bits(max.without_autodiff()),
+                ];
+                for (part, (g, w)) in ["output", "dW", "min", "max"]
+                    .iter()
+                    .zip(got.iter().zip(&want))
+                {
+                    let first = g.iter().zip(w).position(|(a, b)| a != b);
+                    assert!(
+                        g.len() == w.len() && first.is_none(),
+                        "{estimator:?} step {step}: {part} differs at {first:?}"
+                    );
+                }
+            }
         }
     }
 

@@ -83,10 +83,75 @@ pub(crate) fn fake_quantize_affine_with<const D: usize>(
     let scale = scale.without_autodiff();
     let zero_point = zero_point.map(Tensor::without_autodiff);
     let tracked = x.is_tracked();
-    let fused = cpu::fake_quantize(&x, host, &scale, zero_point.as_ref(), qmin, qmax, tracked);
-    let (q, in_range) = match fused {
-        Some((q, cpu::Mask::AllIn)) => return straight_through(x, q),
-        Some((q, cpu::Mask::Clamped(at))) => {
+    let fused = cpu::fake_quantize(
+        &x,
+        host,
+        &scale,
+        zero_point.as_ref(),
+        qmin,
+        qmax,
+        tracked,
+        None,
+    );
+    match fused {
+        Some((q, mask, _)) => with_gradient(x, q, mask),
+        None => {
+            let (raw, codes) =
+                raw_and_codes(x.clone(), scale.clone(), zero_point.clone(), qmin, qmax);
+            let in_range = tracked.then(|| InRange::Bool(raw.equal(codes.clone())));
+            let q = match zero_point {
+                Some(zp) => codes - zp,
+                None => codes,
+            } * scale;
+            attach(x, q, in_range)
+        }
+    }
+}
+
+/// Per-column `(min, max)` of a matrix.
+pub(crate) type ColumnRanges = (Vec<f32>, Vec<f32>);
+
+/// [`fake_quantize_affine_with`] for per-column scales (along the last axis) computed from an
+/// expected per-column range `(min, max)` of `x` (a hint: `crate::range_hint`), checked in the
+/// same pass that quantizes: `Ok` when the values' range is that one bit for bit (the output
+/// is then what the range computed from `x` gives), else `Err` with the actual range when it
+/// has no NaN and no zero (`None` otherwise, or off the CPU path).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fake_quantize_affine_checked<const D: usize>(
+    x: Tensor<D>,
+    host: HostCopy,
+    scale: Tensor<D>,
+    zero_point: Option<Tensor<D>>,
+    qmin: i32,
+    qmax: i32,
+    expect: (&[f32], &[f32]),
+) -> Result<Tensor<D>, Option<ColumnRanges>> {
+    let scale = scale.without_autodiff();
+    let zero_point = zero_point.map(Tensor::without_autodiff);
+    let tracked = x.is_tracked();
+    let zp = zero_point.as_ref();
+    match cpu::fake_quantize(
+        &x,
+        Some(host),
+        &scale,
+        zp,
+        qmin,
+        qmax,
+        tracked,
+        Some(expect),
+    ) {
+        Some((q, mask, cpu::Check::Same)) => Ok(with_gradient(x, q, mask)),
+        Some((_, _, cpu::Check::Differs(actual))) => Err(actual),
+        _ => Err(None),
+    }
+}
+
+/// The fused kernel's output `q` with the clipped straight-through gradient wrt `x`, as `mask`
+/// says where the codes were clamped.
+fn with_gradient<const D: usize>(x: Tensor<D>, q: Tensor<D>, mask: cpu::Mask) -> Tensor<D> {
+    let in_range = match mask {
+        cpu::Mask::AllIn => return straight_through(x, q),
+        cpu::Mask::Clamped(at) => {
             // One recorded node whose backward zeroes the clamped positions' gradients, instead
             // of the three tracked ops of `clipped_straight_through` (same value, same
             // gradient bits).
@@ -98,22 +163,18 @@ pub(crate) fn fake_quantize_affine_with<const D: usize>(
                     let device = q.device();
                     let keep =
                         Tensor::from_data(burn::tensor::TensorData::new(keep, dims), &device);
-                    (q, Some(InRange::Float(keep)))
+                    Some(InRange::Float(keep))
                 }
             }
         }
-        Some((q, cpu::Mask::NotWanted)) => (q, None),
-        None => {
-            let (raw, codes) =
-                raw_and_codes(x.clone(), scale.clone(), zero_point.clone(), qmin, qmax);
-            let in_range = tracked.then(|| InRange::Bool(raw.equal(codes.clone())));
-            let q = match zero_point {
-                Some(zp) => codes - zp,
-                None => codes,
-            } * scale;
-            (q, in_range)
-        }
+        cpu::Mask::NotWanted => None,
     };
+    attach(x, q, in_range)
+}
+
+/// `q` with the clipped straight-through gradient wrt `x` (`in_range`: where it passes; `None`:
+/// `x` is not tracked).
+fn attach<const D: usize>(x: Tensor<D>, q: Tensor<D>, in_range: Option<InRange<D>>) -> Tensor<D> {
     match in_range {
         Some(in_range) => clipped_straight_through(x, q, in_range),
         None if x.is_autodiff() => q.autodiff(),
@@ -275,6 +336,7 @@ mod cpu {
     ///
     /// One pass reads `x`'s values (shared with the graph, not copied) and writes the output
     /// into a new, unfilled buffer, split over rayon's threads in runs of whole rows.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn fake_quantize<const D: usize>(
         x: &Tensor<D>,
         host: Option<HostCopy>,
@@ -283,7 +345,8 @@ mod cpu {
         qmin: i32,
         qmax: i32,
         track: bool,
-    ) -> Option<(Tensor<D>, Mask)> {
+        check: Option<(&[f32], &[f32])>,
+    ) -> Option<(Tensor<D>, Mask, Check)> {
         if x.dtype() != DType::F32 || scale.dtype() != DType::F32 || x.device() != Device::flex() {
             return None;
         }
@@ -311,6 +374,12 @@ mod cpu {
         // scale (per tensor): any split is a run, so tasks need not hold the whole tensor.
         let per_element = inner == 1 && channels > 1;
         let single = channels == 1;
+        // Checking a range hint: scales along the last axis only, one per column.
+        if check.is_some_and(|(min, max)| {
+            !per_element || min.len() != channels || max.len() != channels
+        }) {
+            return None;
+        }
         let unit = if per_element {
             channels
         } else if single {
@@ -323,7 +392,8 @@ mod cpu {
         let zero = vec![0.0; channels];
         let z_all = zero_point.as_deref().unwrap_or(&zero);
         let zp = |k: usize| zero_point.as_ref().map_or(0.0, |z| z[k]);
-        // One task: its slice of the output, and the clamped positions it met (if tracked).
+        // One task: its slice of the output, the clamped positions it met (if tracked), and
+        // (if checking) its rows' per-column range.
         let task = |(t, out): (usize, &mut [MaybeUninit<f32>])| {
             let first = t * chunk;
             let src = &src[first..first + out.len()];
@@ -331,28 +401,30 @@ mod cpu {
             let mut track = track.then_some(&mut clamped);
             if single {
                 per_run(src, out, scale[0], zp(0), lo, hi, first, track);
-                return clamped;
+                return (clamped, None);
             }
+            let mut range = check.map(|_| ColumnRange::new(channels));
             let units = src.chunks_exact(unit).zip(out.chunks_exact_mut(unit));
             for (i, (s, o)) in units.enumerate() {
                 let base = first + i * unit;
                 let track = track.as_deref_mut();
                 if per_element {
-                    per_element_row(s, o, &scale, z_all, lo, hi, base, track);
+                    per_element_row(s, o, &scale, z_all, lo, hi, base, track, range.as_mut());
                 } else {
                     let c = (first / unit + i) % channels;
                     per_run(s, o, scale[c], zp(c), lo, hi, base, track);
                 }
             }
-            clamped
+            (clamped, range)
         };
         let mut out: Vec<f32> = Vec::with_capacity(len);
         // One task (a pass of up to `chunk` elements) runs right here.
-        let clamped: Vec<Vec<u32>> = out.spare_capacity_mut()[..len]
+        let (clamped, ranges): (Vec<Vec<u32>>, Vec<Option<ColumnRange>>) = out.spare_capacity_mut()
+            [..len]
             .par_chunks_mut(chunk)
             .enumerate()
             .map(task)
-            .collect();
+            .unzip();
         // SAFETY: the tasks cover the first `len` slots of `out` in whole units (`len` is a
         // multiple of `unit`: a dimension, the product of trailing ones, or 1), and `per_run` /
         // `per_element_row` write every slot of each unit.
@@ -365,7 +437,74 @@ mod cpu {
         } else {
             Mask::Clamped(clamped.concat())
         };
-        Some((q, mask))
+        let check = match check {
+            None => Check::NotAsked,
+            Some((min, max)) => {
+                ColumnRange::check(ColumnRange::merged(ranges.into_iter().flatten()), min, max)
+            }
+        };
+        Some((q, mask, check))
+    }
+
+    /// Whether the values had the per-column range a [`fake_quantize`] caller expected.
+    #[derive(Debug, PartialEq)]
+    pub(crate) enum Check {
+        /// No range was given.
+        NotAsked,
+        /// The values' per-column min and max are the expected ones, bit for bit.
+        Same,
+        /// They are not: the actual `(min, max)` when it has no NaN and no zero (then any
+        /// reduction of the values gives these bits), else `None`.
+        Differs(Option<(Vec<f32>, Vec<f32>)>),
+    }
+
+    /// Running per-column min and max of rows, and whether a NaN was among the values (min/max
+    /// themselves skip NaN here; the flag decides).
+    pub(super) struct ColumnRange {
+        min: Vec<f32>,
+        max: Vec<f32>,
+        nan: bool,
+    }
+
+    impl ColumnRange {
+        fn new(cols: usize) -> Self {
+            Self {
+                min: vec![f32::INFINITY; cols],
+                max: vec![f32::NEG_INFINITY; cols],
+                nan: false,
+            }
+        }
+
+        /// The tasks' ranges folded into one.
+        fn merged(parts: impl Iterator<Item = ColumnRange>) -> Option<ColumnRange> {
+            parts.reduce(|mut a, b| {
+                for (x, y) in a.min.iter_mut().zip(b.min) {
+                    *x = x.min(y);
+                }
+                for (x, y) in a.max.iter_mut().zip(b.max) {
+                    *x = x.max(y);
+                }
+                a.nan |= b.nan;
+                a
+            })
+        }
+
+        /// This (merged) range against the expected one.
+        fn check(range: Option<ColumnRange>, min: &[f32], max: &[f32]) -> Check {
+            let Some(r) = range else {
+                return Check::Differs(None);
+            };
+            let bits = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .map(|v| v.to_bits())
+                    .eq(b.iter().map(|v| v.to_bits()))
+            };
+            if !r.nan && bits(&r.min, min) && bits(&r.max, max) {
+                return Check::Same;
+            }
+            let clean = !r.nan && r.min.iter().chain(&r.max).all(|v| *v != 0.0);
+            Check::Differs(clean.then_some((r.min, r.max)))
+        }
     }
 
     /// Where [`fake_quantize`]'s codes were clamped: the positions whose gradient is zero.
@@ -448,6 +587,7 @@ mod cpu {
     /// `src` (elements `base..` of the tensor) fake-quantized with a scale and zero-point per
     /// element into `out`, every slot written; the positions of clamped codes pushed onto
     /// `clamped`.
+    /// With `range`, the row's values are folded into its per-column min and max as well.
     #[allow(clippy::too_many_arguments)]
     fn per_element_row(
         src: &[f32],
@@ -458,20 +598,50 @@ mod cpu {
         hi: f32,
         base: usize,
         mut clamped: Option<&mut Vec<u32>>,
+        mut range: Option<&mut ColumnRange>,
     ) {
         assert!(src.len() == out.len() && src.len() == s.len() && src.len() == z.len());
+        assert!(
+            range
+                .as_ref()
+                .is_none_or(|r| r.min.len() == src.len() && r.max.len() == src.len())
+        );
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx") {
+            let track = clamped.as_deref_mut();
             // SAFETY: AVX is available (checked above); lengths checked above.
-            done =
-                unsafe { avx::per_element(src, out, s, z, lo, hi, base, clamped.as_deref_mut()) };
+            done = unsafe {
+                match range.as_deref_mut() {
+                    Some(r) => avx::per_element::<true>(
+                        src, out, s, z, lo, hi, base, track, &mut r.min, &mut r.max, &mut r.nan,
+                    ),
+                    None => avx::per_element::<false>(
+                        src,
+                        out,
+                        s,
+                        z,
+                        lo,
+                        hi,
+                        base,
+                        track,
+                        &mut [],
+                        &mut [],
+                        &mut false,
+                    ),
+                }
+            };
         }
         for i in done..src.len() {
             let (q, inside) = one(src[i], s[i], z[i], lo, hi);
             out[i].write(q);
             if !inside && let Some(c) = clamped.as_deref_mut() {
                 c.push((base + i) as u32);
+            }
+            if let Some(r) = range.as_deref_mut() {
+                r.min[i] = r.min[i].min(src[i]);
+                r.max[i] = r.max[i].max(src[i]);
+                r.nan |= src[i].is_nan();
             }
         }
     }
@@ -546,13 +716,15 @@ mod cpu {
         }
 
         /// [`super::per_element_row`] on the leading multiple of 8 elements; returns how many
-        /// it did.
+        /// it did. `RANGE`: also folds the values into the per-column `min`/`max` (`min_ps`
+        /// and `max_ps` skip a NaN value; `nan` records one).
         ///
         /// # Safety
-        /// The CPU must support AVX; `out`, `s` and `z` are as long as `src`.
+        /// The CPU must support AVX; `out`, `s` and `z` are as long as `src`, and so are `min`
+        /// and `max` when `RANGE`.
         #[target_feature(enable = "avx")]
         #[allow(clippy::too_many_arguments)]
-        pub(super) unsafe fn per_element(
+        pub(super) unsafe fn per_element<const RANGE: bool>(
             src: &[f32],
             out: &mut [MaybeUninit<f32>],
             s: &[f32],
@@ -561,18 +733,29 @@ mod cpu {
             hi: f32,
             base: usize,
             mut clamped: Option<&mut Vec<u32>>,
+            min: &mut [f32],
+            max: &mut [f32],
+            nan: &mut bool,
         ) -> usize {
             let n = src.len() / 8 * 8;
             let (lov, hiv) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
             let out = out.as_mut_ptr().cast::<f32>();
+            let mut nans = _mm256_setzero_ps();
             for i in (0..n).step_by(8) {
-                // SAFETY: `i + 8 <= n <= src.len()`, the length of `out`, `s` and `z`.
+                // SAFETY: `i + 8 <= n <= src.len()`, the length of `out`, `s` and `z` (and of
+                // `min` and `max` when `RANGE`).
                 let inside = unsafe {
                     let (sv, zv) = (
                         _mm256_loadu_ps(s.as_ptr().add(i)),
                         _mm256_loadu_ps(z.as_ptr().add(i)),
                     );
                     let x = _mm256_loadu_ps(src.as_ptr().add(i));
+                    if RANGE {
+                        let (mn, mx) = (min.as_mut_ptr().add(i), max.as_mut_ptr().add(i));
+                        _mm256_storeu_ps(mn, _mm256_min_ps(x, _mm256_loadu_ps(mn)));
+                        _mm256_storeu_ps(mx, _mm256_max_ps(x, _mm256_loadu_ps(mx)));
+                        nans = _mm256_or_ps(nans, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+                    }
                     let (q, inside) = lanes(x, sv, zv, lov, hiv);
                     _mm256_storeu_ps(out.add(i), q);
                     inside
@@ -580,6 +763,9 @@ mod cpu {
                 if inside != 0xff {
                     push_clamped(&mut clamped, inside, base + i);
                 }
+            }
+            if RANGE && _mm256_movemask_ps(nans) != 0 {
+                *nan = true;
             }
             n
         }
@@ -872,10 +1058,16 @@ pub(crate) mod tests {
                 (Some(zp.clone()), -128, 127),
                 (Some(zp), 0, 15),
             ] {
-                let (q, keep) =
-                    cpu::fake_quantize(&x, None, &scale, zp.as_ref(), qmin, qmax, true).unwrap();
-                let (q_alone, no_keep) =
-                    cpu::fake_quantize(&x, None, &scale, zp.as_ref(), qmin, qmax, false).unwrap();
+                let fq = |track| {
+                    cpu::fake_quantize(&x, None, &scale, zp.as_ref(), qmin, qmax, track, None)
+                        .map(|(q, mask, check)| {
+                            assert_eq!(check, cpu::Check::NotAsked);
+                            (q, mask)
+                        })
+                        .unwrap()
+                };
+                let (q, keep) = fq(true);
+                let (q_alone, no_keep) = fq(false);
                 assert_eq!(no_keep, cpu::Mask::NotWanted);
                 let q_alone = vals(q_alone);
                 let (raw, codes) = raw_and_codes(x.clone(), scale.clone(), zp.clone(), qmin, qmax);
@@ -899,10 +1091,51 @@ pub(crate) mod tests {
                 );
             }
         }
+        // Checking an expected per-column range (a range hint) in the same pass: the same
+        // output; `Same` for the exact range, else the actual one (or `None` with a NaN).
+        let scale = t2(&col, [1, c], &d);
+        let clean: Vec<f32> = xs
+            .iter()
+            .map(|v| if v.is_finite() { *v } else { 3.0 })
+            .collect();
+        let xc = t2(&clean, [r, c], &d);
+        let (min, max) = crate::range_hint::column_ranges(&clean, c);
+        let want = cpu::fake_quantize(&xc, None, &scale, None, -8, 7, true, None).unwrap();
+        let bits = |t: Tensor<2>| vals(t).iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let mut off = max.clone();
+        off[c - 1] = off[c - 1].next_up();
+        for (expect_max, check) in [
+            (&max, cpu::Check::Same),
+            (&off, cpu::Check::Differs(Some((min.clone(), max.clone())))),
+        ] {
+            let (q, mask, got) = cpu::fake_quantize(
+                &xc,
+                None,
+                &scale,
+                None,
+                -8,
+                7,
+                true,
+                Some((&min, expect_max)),
+            )
+            .unwrap();
+            assert_eq!(got, check);
+            assert_eq!(bits(q), bits(want.0.clone()));
+            assert_eq!(mask, want.1);
+        }
+        let (_, _, got) =
+            cpu::fake_quantize(&x, None, &scale, None, -8, 7, true, Some((&min, &max))).unwrap();
+        assert_eq!(got, cpu::Check::Differs(None), "a NaN among the values");
+        // Row scales are not per column: no check there (the caller takes the plain path).
+        let rows = t2(&row, [r, 1], &d);
+        assert!(
+            cpu::fake_quantize(&xc, None, &rows, None, -8, 7, true, Some((&min, &max))).is_none()
+        );
+
         // scales along two axes are left to the op-by-op path
         let x3 = Tensor::<3>::zeros([2, 3, 4], &d);
         let s3 = Tensor::<3>::ones([2, 1, 4], &d);
-        assert!(cpu::fake_quantize(&x3, None, &s3, None, -8, 7, true).is_none());
+        assert!(cpu::fake_quantize(&x3, None, &s3, None, -8, 7, true, None).is_none());
     }
 
     #[test]
@@ -916,14 +1149,15 @@ pub(crate) mod tests {
             .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
             .collect();
         let s = t1(&[1.0 / 7.0], &d);
-        let (q, mask) = cpu::fake_quantize(&t1(&xs, &d), None, &s, None, -8, 7, true).unwrap();
+        let (q, mask, _) =
+            cpu::fake_quantize(&t1(&xs, &d), None, &s, None, -8, 7, true, None).unwrap();
         assert_eq!(mask, cpu::Mask::AllIn);
         let (want_q, _) = reference_fq(&xs, 1.0 / 7.0, 0.0, -8, 7);
         assert_eq!(vals(q), want_q);
         for outlier in [n - 3, 5] {
             xs[outlier] = 2.0;
             let x = t1(&xs, &d);
-            let (q, mask) = cpu::fake_quantize(&x, None, &s, None, -8, 7, true).unwrap();
+            let (q, mask, _) = cpu::fake_quantize(&x, None, &s, None, -8, 7, true, None).unwrap();
             let (want_q, want_keep) = reference_fq(&xs, 1.0 / 7.0, 0.0, -8, 7);
             assert_eq!(vals(q), want_q);
             assert_eq!(want_keep.iter().filter(|k| **k == 0.0).count(), 1);

@@ -10,7 +10,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use burn::nn::loss::CrossEntropyLossConfig;
+use burn::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
+use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use quench_data::epoch_order;
 use serde::Serialize;
@@ -21,6 +23,7 @@ use crate::distill::Distiller;
 use crate::optim::{build_optimizer, build_scheduler};
 use crate::recipe::Experiment;
 use crate::run::{ImageData, build_model, load_image_data, train_step};
+use quench_models::Classifier;
 
 /// Batch size of every workload.
 pub const BATCH_SIZE: usize = 128;
@@ -49,6 +52,9 @@ pub struct BenchOptions {
     /// Samples per step ([`BATCH_SIZE`] for the comparison with PyTorch; small batches make a
     /// memory soak of many steps).
     pub batch_size: usize,
+    /// `Some(k)`: time the workloads side by side, `k` steps each in turn (see
+    /// [`bench`]); `None`: one after the other.
+    pub interleave: Option<usize>,
 }
 
 /// One workload's measurement (printed as one JSON line).
@@ -83,6 +89,13 @@ pub struct BenchResult {
     pub rss_mb_max_timed: f64,
     /// `VmRSS` after the last timed step, MiB.
     pub rss_mb_end: f64,
+    /// Steps per turn when the workloads were timed side by side (`--interleave`), else absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interleave: Option<usize>,
+    /// With `--interleave`: the seconds of each turn's block of steps, in turn order (block `i`
+    /// of every workload ran in turn `i`); else absent.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub block_seconds: Vec<f64>,
 }
 
 /// The recipe head every workload shares: Fashion-MNIST, Adam lr 1e-3, batch 128, constant lr.
@@ -147,6 +160,11 @@ pub fn validate(opts: &BenchOptions) -> Result<(), TrainError> {
     if opts.steps == 0 {
         return Err(TrainError::Config("--steps must be at least 1".into()));
     }
+    if opts.interleave == Some(0) {
+        return Err(TrainError::Config(
+            "--interleave must be at least 1 step".into(),
+        ));
+    }
     if opts.batch_size == 0 || opts.batch_size > 60_000 {
         return Err(TrainError::Config(format!(
             "--batch-size must be in 1..=60000, got {}",
@@ -158,6 +176,9 @@ pub fn validate(opts: &BenchOptions) -> Result<(), TrainError> {
 
 /// Runs every workload of `opts` in order, handing each result to `report` as soon as it is
 /// measured (so a caller can print it while the next one runs); returns them all.
+///
+/// With [`BenchOptions::interleave`] the workloads are instead built together and timed side by
+/// side (see [`bench_interleaved`]); `report` then gets every result at the end.
 pub fn bench(
     opts: &BenchOptions,
     mut report: impl FnMut(&BenchResult),
@@ -167,14 +188,96 @@ pub fn bench(
     // Every workload trains on the same data: load it once.
     let first = parse(&opts.workloads[0], &opts.device)?;
     let data = load_image_data(&first)?;
+    if let Some(block) = opts.interleave {
+        let results = bench_interleaved(opts, block, &data, &device)?;
+        results.iter().for_each(&mut report);
+        return Ok(results);
+    }
     let mut results = Vec::with_capacity(opts.workloads.len());
     for name in &opts.workloads {
-        let exp = parse(name, &opts.device)?;
-        let r = bench_one(name, &exp, &data, &device, opts)?;
+        let peak_rss_reset = reset_peak_rss();
+        let mut w = Workload::new(name, &data, &device, opts)?;
+        let mut rss_max: f64 = 0.0;
+        let sample_every = (opts.steps / 20).max(1);
+        for _ in 0..opts.warmup {
+            w.step()?;
+        }
+        let rss_after_warmup = rss_mb().unwrap_or(0.0);
+        let start = Instant::now();
+        for step in 0..opts.steps {
+            if step.is_multiple_of(sample_every) {
+                rss_max = rss_max.max(rss_mb().unwrap_or(0.0));
+            }
+            w.step()?;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let rss_end = rss_mb().unwrap_or(0.0);
+        let r = BenchResult {
+            peak_rss_reset,
+            rss_mb_after_warmup: rss_after_warmup,
+            rss_mb_max_timed: rss_max.max(rss_end),
+            rss_mb_end: rss_end,
+            ..w.result(opts, seconds, Vec::new())
+        };
         report(&r);
         results.push(r);
     }
     Ok(results)
+}
+
+/// Times the workloads side by side, in one process: all are built and warmed up, then they
+/// take turns, `block` steps each, until each has done `opts.steps` timed steps. Load from
+/// other processes (on a shared VM, ±30 % within minutes) then falls on every workload alike,
+/// so the ratios of their figures are steadier than those of separate runs; each result lists
+/// its blocks' times (`block_seconds`, the i-th block of every workload ran in the same turn)
+/// for paired comparisons (`benches/overhead.sh`).
+///
+/// Peak RSS is the whole process's (all workloads live at once): `peak_rss_reset` is false.
+fn bench_interleaved(
+    opts: &BenchOptions,
+    block: usize,
+    data: &ImageData,
+    device: &Device,
+) -> Result<Vec<BenchResult>, TrainError> {
+    let mut workloads = opts
+        .workloads
+        .iter()
+        .map(|name| Workload::new(name, data, device, opts))
+        .collect::<Result<Vec<_>, _>>()?;
+    for w in &mut workloads {
+        for _ in 0..opts.warmup {
+            w.step()?;
+        }
+    }
+    let rss_after_warmup = rss_mb().unwrap_or(0.0);
+    let mut rss_max: f64 = rss_after_warmup;
+    let mut blocks = vec![Vec::new(); workloads.len()];
+    let mut done = 0;
+    while done < opts.steps {
+        let n = block.min(opts.steps - done);
+        for (w, times) in workloads.iter_mut().zip(&mut blocks) {
+            let start = Instant::now();
+            for _ in 0..n {
+                w.step()?;
+            }
+            times.push(start.elapsed().as_secs_f64());
+        }
+        rss_max = rss_max.max(rss_mb().unwrap_or(0.0));
+        done += n;
+    }
+    let rss_end = rss_mb().unwrap_or(0.0);
+    Ok(workloads
+        .iter()
+        .zip(blocks)
+        .map(|(w, times)| BenchResult {
+            peak_rss_reset: false,
+            rss_mb_after_warmup: rss_after_warmup,
+            rss_mb_max_timed: rss_max.max(rss_end),
+            rss_mb_end: rss_end,
+            interleave: Some(block),
+            ..w.result(opts, times.iter().sum(), times)
+        })
+        .collect())
 }
 
 fn parse(name: &str, device: &str) -> Result<Experiment, TrainError> {
@@ -187,103 +290,134 @@ fn parse(name: &str, device: &str) -> Result<Experiment, TrainError> {
     )?)
 }
 
-/// Trains `warmup + steps` steps of `exp` and times the last `steps`.
-fn bench_one(
-    name: &str,
-    exp: &Experiment,
-    data: &ImageData,
-    device: &Device,
-    opts: &BenchOptions,
-) -> Result<BenchResult, TrainError> {
-    let peak_rss_reset = reset_peak_rss();
-    device.seed(exp.seed);
-    let train_device = device.clone().autodiff();
-    let mut model = build_model(exp, &train_device)?;
-    let mut exp = exp.clone();
-    exp.train.batch_size = opts.batch_size;
-    let exp = &exp;
-    let t = &exp.train;
-    let total = opts.warmup + opts.steps;
-    let mut optim = build_optimizer(t);
-    let mut scheduler = build_scheduler(t, total)?;
-    let distiller = match &exp.distill {
-        Some(spec) => {
-            // A freshly initialized LeNet-5 stands in for the trained teacher checkpoint: its
-            // weights do not change the cost of its forward pass.
-            let teacher_exp = parse("lenet-fp32", &opts.device)?;
-            let teacher = build_model(&teacher_exp, device)?;
-            Some(Distiller::with_teacher(spec.kd_loss()?, teacher, device))
-        }
-        None => None,
-    };
-    let loss_fn = CrossEntropyLossConfig::new().init(&train_device);
+/// One workload being trained: its model, optimizer and place in the epoch order.
+struct Workload<'a> {
+    name: String,
+    exp: Experiment,
+    data: &'a ImageData,
+    train_device: Device,
+    /// `None` only while a step has it.
+    model: Option<Classifier>,
+    optim: ModuleOptimizer,
+    scheduler: ModuleLrScheduler,
+    distiller: Option<Distiller>,
+    loss_fn: CrossEntropyLoss,
+    per_epoch: usize,
+    epoch: usize,
+    order: Vec<usize>,
+    /// Steps taken so far.
+    step: usize,
+}
 
-    let per_epoch = data.train.len() / t.batch_size;
-    if per_epoch == 0 {
-        return Err(TrainError::Config(format!(
-            "the training set has {} samples, fewer than one batch of {}",
-            data.train.len(),
-            t.batch_size
-        )));
+impl<'a> Workload<'a> {
+    /// Workload `name`, built as `quench run` builds its recipe, with `opts.batch_size`.
+    fn new(
+        name: &str,
+        data: &'a ImageData,
+        device: &Device,
+        opts: &BenchOptions,
+    ) -> Result<Self, TrainError> {
+        let mut exp = parse(name, &opts.device)?;
+        exp.train.batch_size = opts.batch_size;
+        device.seed(exp.seed);
+        let train_device = device.clone().autodiff();
+        let model = build_model(&exp, &train_device)?;
+        let optim = build_optimizer(&exp.train);
+        let scheduler = build_scheduler(&exp.train, opts.warmup + opts.steps)?;
+        let distiller = match &exp.distill {
+            Some(spec) => {
+                // A freshly initialized LeNet-5 stands in for the trained teacher checkpoint:
+                // its weights do not change the cost of its forward pass.
+                let teacher_exp = parse("lenet-fp32", &opts.device)?;
+                let teacher = build_model(&teacher_exp, device)?;
+                Some(Distiller::with_teacher(spec.kd_loss()?, teacher, device))
+            }
+            None => None,
+        };
+        let loss_fn = CrossEntropyLossConfig::new().init(&train_device);
+        let per_epoch = data.train.len() / opts.batch_size;
+        if per_epoch == 0 {
+            return Err(TrainError::Config(format!(
+                "the training set has {} samples, fewer than one batch of {}",
+                data.train.len(),
+                opts.batch_size
+            )));
+        }
+        let order = epoch_order(data.train.len(), exp.seed, 0);
+        Ok(Self {
+            name: name.to_string(),
+            exp,
+            data,
+            train_device,
+            model: Some(model),
+            optim,
+            scheduler,
+            distiller,
+            loss_fn,
+            per_epoch,
+            epoch: 0,
+            order,
+            step: 0,
+        })
     }
-    let mut epoch = 0;
-    let mut order = epoch_order(data.train.len(), exp.seed, epoch);
-    let mut start = Instant::now();
-    let mut rss_after_warmup = 0.0;
-    let mut rss_max: f64 = 0.0;
-    let sample_every = (opts.steps / 20).max(1);
-    for step in 0..total {
-        if step == opts.warmup {
-            rss_after_warmup = rss_mb().unwrap_or(0.0);
-            start = Instant::now();
+
+    /// One optimizer step on the next batch of the epoch order; a non-finite loss is an error.
+    fn step(&mut self) -> Result<(), TrainError> {
+        let batch = self.exp.train.batch_size;
+        let b = self.step % self.per_epoch;
+        if b == 0 && self.step > 0 {
+            self.epoch += 1;
+            self.order = epoch_order(self.data.train.len(), self.exp.seed, self.epoch);
         }
-        if step >= opts.warmup && (step - opts.warmup).is_multiple_of(sample_every) {
-            rss_max = rss_max.max(rss_mb().unwrap_or(0.0));
-        }
-        let b = step % per_epoch;
-        if b == 0 && step > 0 {
-            epoch += 1;
-            order = epoch_order(data.train.len(), exp.seed, epoch);
-        }
-        let idx = &order[b * t.batch_size..(b + 1) * t.batch_size];
-        let lr = scheduler.step();
-        let stats;
-        (model, stats) = train_step(
+        let model = self
+            .model
+            .take()
+            .ok_or_else(|| TrainError::Config(format!("workload {}: no model", self.name)))?;
+        let idx = &self.order[b * batch..(b + 1) * batch];
+        let lr = self.scheduler.step();
+        self.step += 1;
+        let (model, stats) = train_step(
             model,
-            &mut optim,
+            &mut self.optim,
             lr,
-            &data.train,
+            &self.data.train,
             idx,
-            &train_device,
-            distiller.as_ref(),
-            &loss_fn,
-            step as u64 + 1,
+            &self.train_device,
+            self.distiller.as_ref(),
+            &self.loss_fn,
+            self.step as u64,
         );
+        self.model = Some(model);
         if !stats.loss.is_finite() {
             return Err(TrainError::Diverged {
-                step: step as u64 + 1,
-                detail: format!("workload {name}: training loss is {}", stats.loss),
+                step: self.step as u64,
+                detail: format!("workload {}: training loss is {}", self.name, stats.loss),
             });
         }
+        Ok(())
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let rss_end = rss_mb().unwrap_or(0.0);
-    Ok(BenchResult {
-        workload: name.to_string(),
-        samples_per_s: (opts.steps * t.batch_size) as f64 / seconds.max(1e-9),
-        steps: opts.steps,
-        peak_rss_mb: peak_rss_mb().unwrap_or(0.0),
-        device: opts.device.clone(),
-        threads: rayon::current_num_threads(),
-        warmup: opts.warmup,
-        batch_size: t.batch_size,
-        seconds,
-        model: exp.model.describe(28 * 28, 10),
-        peak_rss_reset,
-        rss_mb_after_warmup: rss_after_warmup,
-        rss_mb_max_timed: rss_max.max(rss_end),
-        rss_mb_end: rss_end,
-    })
+
+    /// The result of `opts.steps` timed steps that took `seconds` (memory fields zero).
+    fn result(&self, opts: &BenchOptions, seconds: f64, block_seconds: Vec<f64>) -> BenchResult {
+        BenchResult {
+            workload: self.name.clone(),
+            samples_per_s: (opts.steps * opts.batch_size) as f64 / seconds.max(1e-9),
+            steps: opts.steps,
+            peak_rss_mb: peak_rss_mb().unwrap_or(0.0),
+            device: opts.device.clone(),
+            threads: rayon::current_num_threads(),
+            warmup: opts.warmup,
+            batch_size: opts.batch_size,
+            seconds,
+            model: self.exp.model.describe(28 * 28, 10),
+            peak_rss_reset: false,
+            rss_mb_after_warmup: 0.0,
+            rss_mb_max_timed: 0.0,
+            rss_mb_end: 0.0,
+            interleave: None,
+            block_seconds,
+        }
+    }
 }
 
 /// Resets the kernel's peak-RSS counter of this process (Linux `clear_refs` value 5); `false`
@@ -335,6 +469,7 @@ mod tests {
             steps: 1,
             warmup: 0,
             batch_size: BATCH_SIZE,
+            interleave: None,
         };
         let e = validate(&opts).unwrap_err().to_string();
         assert!(e.contains("`resnet`"), "{e}");
