@@ -93,3 +93,61 @@ fn unknown_workload_is_one_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--batch-size") && err.contains('0'), "{err}");
 }
+
+#[test]
+fn interleaved_bench_times_workloads_in_turns() {
+    let out = Command::new(BIN)
+        .current_dir(root())
+        .args([
+            "bench",
+            "--workloads",
+            "mlp-fp32,mlp-qat",
+            "--steps",
+            "5",
+            "--warmup",
+            "1",
+            "--batch-size",
+            "32",
+            "--interleave",
+            "2",
+        ])
+        .output()
+        .expect("spawn quench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "quench bench --interleave failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for (v, name) in lines.iter().zip(["mlp-fp32", "mlp-qat"]) {
+        assert_eq!(v["workload"], name, "{v}");
+        assert_eq!(v["interleave"], 2, "{v}");
+        assert_eq!(v["steps"], 5, "{v}");
+        // Turns of 2, 2 and 1 steps; their times add up to the reported total.
+        let blocks: Vec<f64> = v["block_seconds"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        assert_eq!(blocks.len(), 3, "{v}");
+        assert!(blocks.iter().all(|s| *s > 0.0), "{v}");
+        let total = v["seconds"].as_f64().unwrap_or(0.0);
+        assert!((blocks.iter().sum::<f64>() - total).abs() < 1e-9, "{v}");
+        let sps = v["samples_per_s"].as_f64().unwrap_or(0.0);
+        assert!((sps - 5.0 * 32.0 / total).abs() < 1e-6 * sps, "{v}");
+    }
+
+    let out = Command::new(BIN)
+        .current_dir(root())
+        .args(["bench", "--workloads", "mlp-fp32", "--interleave", "0"])
+        .output()
+        .expect("spawn quench");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--interleave"), "{err}");
+}
