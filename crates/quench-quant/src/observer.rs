@@ -13,7 +13,7 @@ use burn::module::{
     Content, Devices, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper, ModuleVisitor,
     Param, ParamId, RunningState,
 };
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::QuantError;
 use crate::qparams::{HostCopy, QuantLayout};
@@ -322,21 +322,59 @@ impl RangeObserver {
         self.updates.set(n + 1.0);
     }
 
-    /// The state [`Self::restore`] puts back: the ranges and the update count.
-    pub(crate) fn snapshot(&self) -> ObserverSnapshot {
-        ObserverSnapshot {
-            min: self.min.value(),
-            max: self.max.value(),
-            updates: self.updates.get(),
+    /// [`Self::range`] as host values (read from the device copies).
+    pub(crate) fn range_values(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+        let (min, max) = self.range()?;
+        let values = |t: Tensor<1>| t.into_data().try_into_vec::<f32>().ok();
+        Some((values(min)?, values(max)?))
+    }
+
+    /// The ranges [`Self::observe_range`] would store after `old` (the current range, `None`
+    /// before the first update) for the batch statistic `batch`, computed on the host with the
+    /// f32 operations the tensor ops run, in their order (`min_pair(a, b)`: `b` where
+    /// `b < a`; `max_pair(a, b)`: `b` where `a < b`; the moving average
+    /// `old·(1 − m) + b·m` with both factors rounded to f32 as burn's scalar ops round them).
+    /// `None` when a value is not finite (the tensor path keeps those) or for the percentile
+    /// estimator.
+    pub(crate) fn combine_values(
+        &self,
+        old: Option<&(Vec<f32>, Vec<f32>)>,
+        batch: (Vec<f32>, Vec<f32>),
+    ) -> Option<(Vec<f32>, Vec<f32>)> {
+        let finite = |v: &(Vec<f32>, Vec<f32>)| v.0.iter().chain(&v.1).all(|x| x.is_finite());
+        if !finite(&batch) || old.is_some_and(|o| !finite(o)) {
+            return None;
+        }
+        let Some(old) = old else {
+            return Some(batch);
+        };
+        let pairs = |o: &[f32], b: Vec<f32>, f: &dyn Fn(f32, f32) -> f32| -> Vec<f32> {
+            o.iter().zip(b).map(|(&o, b)| f(o, b)).collect()
+        };
+        match self.spec.estimator {
+            Estimator::MinMax => Some((
+                pairs(&old.0, batch.0, &|o, b| if b < o { b } else { o }),
+                pairs(&old.1, batch.1, &|o, b| if o < b { b } else { o }),
+            )),
+            Estimator::MovingAverage => {
+                let m = self.spec.momentum;
+                let (keep, take) = ((1.0 - m) as f32, m as f32);
+                let ema = |o: f32, b: f32| o * keep + b * take;
+                Some((pairs(&old.0, batch.0, &ema), pairs(&old.1, batch.1, &ema)))
+            }
+            _ => None,
         }
     }
 
-    /// Undoes the updates made since `snapshot` was taken (same tensors, same count).
-    pub(crate) fn restore(&self, snapshot: ObserverSnapshot) {
-        let autodiff = snapshot.min.is_autodiff();
-        store(&self.min, autodiff, snapshot.min);
-        store(&self.max, autodiff, snapshot.max);
-        self.updates.set(snapshot.updates);
+    /// Stores host ranges from [`Self::combine_values`] as one update (the caller checked
+    /// `!is_frozen()`).
+    pub(crate) fn store_values(&self, min: Vec<f32>, max: Vec<f32>, device: &Device) {
+        let autodiff = self.min.value().is_autodiff();
+        let n = self.num_scales;
+        let flat = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [n]), device);
+        store(&self.min, autodiff, flat(min));
+        store(&self.max, autodiff, flat(max));
+        self.updates.set(self.updates.get() + 1.0);
     }
 
     /// This batch's per-scale statistic: min/max, or the percentile pair.
@@ -356,13 +394,6 @@ impl RangeObserver {
             rows.narrow(1, k - 1, 1).reshape([n]),
         )
     }
-}
-
-/// An observer's ranges and update count at one point, for [`RangeObserver::restore`].
-pub(crate) struct ObserverSnapshot {
-    min: Tensor<1>,
-    max: Tensor<1>,
-    updates: f32,
 }
 
 /// 1-based rank of the `p`-th percentile among `m` sorted values: `ceil(p/100·m)` in `1..=m`.

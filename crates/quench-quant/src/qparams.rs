@@ -238,15 +238,21 @@ impl QuantLayout {
 
     /// [`Self::min_max`] from a host copy of the tensor, where the layout has a host reduction.
     pub(crate) fn min_max_host(&self, host: &HostCopy) -> Option<(Tensor<1>, Tensor<1>)> {
+        let (min, max) = self.min_max_values(host)?;
+        let n = self.num_scales();
+        let flat = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [n]), &host.device);
+        Some((flat(min), flat(max)))
+    }
+
+    /// [`Self::min_max_host`] as host values, in layout order.
+    pub(crate) fn min_max_values(&self, host: &HostCopy) -> Option<(Vec<f32>, Vec<f32>)> {
         let (outer, len, inner) = self.host_reduction()?;
         let (mut min, mut max) = host_min_max(host.values(), outer, len, inner);
         if self.granularity == Granularity::PerTensor {
             min = vec![min.into_iter().reduce(nan_min).unwrap_or(f32::NAN)];
             max = vec![max.into_iter().reduce(nan_max).unwrap_or(f32::NAN)];
         }
-        let n = self.num_scales();
-        let flat = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [n]), &host.device);
-        Some((flat(min), flat(max)))
+        Some((min, max))
     }
 
     /// The shape of per-scale tensors in the tensor's own rank `D`, when one broadcasts onto the
@@ -541,6 +547,80 @@ pub(crate) fn scale_from_range<const D: usize>(
     }
 }
 
+/// [`scale_from_range`] on host values, each step written as the f32 operation burn-flex runs
+/// for the tensor op (the same comparisons for the clamps and the pair maximum, its
+/// ties-to-even rounding), so the bits are the same (tested against the tensor version). `None`
+/// when a value is not finite: those keep the tensor version, whose NaN paths are not copied.
+///
+/// Why by hand: the tensor version is six to ten ops on tensors of a few values, each with its
+/// dispatch and allocation; with the observer's update and the reads back for the fused
+/// kernel they cost more per step than the fake-quant passes of the activations.
+pub(crate) fn host_scale_from_range(
+    min: &[f32],
+    max: &[f32],
+    spec: &QuantSpec,
+) -> Option<(Vec<f32>, Option<Vec<f32>>)> {
+    if min.len() != max.len() || min.iter().chain(max).any(|v| !v.is_finite()) {
+        return None;
+    }
+    let (qmin, qmax) = spec.qrange();
+    // burn-flex's `clamp_max(0)` / `clamp_min(0)` (a NaN-first test, then a strict compare).
+    let clamp_max0 = |x: f32| if x.is_nan() || x < 0.0 { x } else { 0.0 };
+    let clamp_min0 = |x: f32| if x.is_nan() || x > 0.0 { x } else { 0.0 };
+    let at_least = |x: f32| {
+        if x.is_nan() || x > MIN_SCALE {
+            x
+        } else {
+            MIN_SCALE
+        }
+    };
+    let lo = min.iter().map(|&v| clamp_max0(v));
+    let hi = max.iter().map(|&v| clamp_min0(v));
+    if spec.symmetric {
+        let scale = if spec.signed {
+            let half = (qmax - qmin) as f32 / 2.0;
+            // `max_pair(a, b)`: `b` where `a < b`, else `a`.
+            lo.zip(hi)
+                .map(|(l, h)| {
+                    let a = l.abs();
+                    at_least((if a < h { h } else { a }) / half)
+                })
+                .collect()
+        } else {
+            hi.map(|h| at_least(h / qmax as f32)).collect()
+        };
+        Some((scale, None))
+    } else {
+        let span = (qmax - qmin) as f32;
+        let (lo_f, hi_f) = (qmin as f32, qmax as f32);
+        let (scale, zero_point) = lo
+            .zip(hi)
+            .map(|(l, h)| {
+                let s = at_least((h - l) / span);
+                let z = (-flex_round(l / s) + lo_f).clamp(lo_f, hi_f);
+                (s, z)
+            })
+            .unzip();
+        Some((scale, Some(zero_point)))
+    }
+}
+
+/// burn-flex's `round` on f32: `round` (half away from zero), then ties moved to the even
+/// neighbour by `r - signum(x)` (so a tie rounding to zero gives `+0.0` either side).
+fn flex_round(x: f32) -> f32 {
+    let r = x.round();
+    // A tie has |x| < 2^23, so `r as i64` is exact where burn-flex's `to_i64` is `Some`.
+    if (x - r).abs() == 0.5 {
+        if (r as i64) % 2 != 0 {
+            r - x.signum()
+        } else {
+            r
+        }
+    } else {
+        r
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -732,6 +812,62 @@ mod tests {
         );
         let e = reduce_min_max(t1(&[1.0; 6], &d), PerGroup, 0, Some(4)).unwrap_err();
         assert_eq!(e.field(), "group_size");
+    }
+
+    /// The host scales and zero-points are the tensor ops' bits for every spec kind, over
+    /// ranges with ±0, ties of the zero-point's rounding, tiny and large values.
+    #[test]
+    fn host_scale_from_range_matches_the_tensor_ops_bit_for_bit() {
+        let d = Device::flex();
+        let mut mins = vec![
+            0.0f32, -0.0, -1.0, -0.5, -2.5, -3.5, -1e-30, -1e-3, -7.0, -1e6, 0.25,
+        ];
+        let mut maxs = vec![
+            0.0f32, -0.0, 1.0, 0.5, 2.5, 127.5, 1e-30, 3e-3, 7.0, 1e6, -0.25,
+        ];
+        // Ranges whose zero-point lands on ties: min/s = k + 0.5 for the 8-bit asymmetric grid.
+        for k in 0..40 {
+            let s = 0.0137 * (k + 1) as f32;
+            mins.push(-(k as f32 + 0.5) * s);
+            maxs.push((255.0 - k as f32 - 0.5) * s);
+        }
+        for i in 0..200u32 {
+            let h = i.wrapping_mul(2_654_435_761);
+            mins.push(-((h % 10_007) as f32) / 977.0);
+            maxs.push(((h >> 8) % 8_191) as f32 / 313.0);
+        }
+        let n = mins.len();
+        for bits in [2, 4, 8] {
+            for (signed, symmetric, narrow_range) in [
+                (true, true, false),
+                (true, true, true),
+                (false, true, false),
+                (true, false, false),
+                (false, false, false),
+            ] {
+                let spec = QuantSpec {
+                    bits,
+                    signed,
+                    symmetric,
+                    narrow_range,
+                    ..QuantSpec::default()
+                };
+                let t = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [n]), &d);
+                let (scale, zp) = scale_from_range(t(&mins), t(&maxs), &spec);
+                let (hs, hz) = host_scale_from_range(&mins, &maxs, &spec).unwrap();
+                let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(vals(scale)), bits(hs), "scale, {spec:?}");
+                assert_eq!(
+                    zp.map(|z| bits(vals(z))),
+                    hz.map(bits),
+                    "zero-point, {spec:?}"
+                );
+            }
+        }
+        // Not finite: left to the tensor ops.
+        let spec = QuantSpec::default();
+        assert!(host_scale_from_range(&[f32::NAN], &[1.0], &spec).is_none());
+        assert!(host_scale_from_range(&[-1.0], &[f32::INFINITY], &spec).is_none());
     }
 
     #[test]

@@ -281,18 +281,14 @@ impl Quantizer {
         // fake-quant kernel (affine estimators only; learned ones use burn's ops throughout).
         let affine = self.step.is_none() && self.alpha.is_none();
         let host = if affine { HostCopy::of(&x) } else { None };
+        if enabled
+            && let Some(host) = &host
+            && let Some(y) = self.forward_host(&x, host, &layout, observe)
+        {
+            return y;
+        }
         if observe && let Some(observer) = &self.observer {
-            if enabled && let Some(host) = &host {
-                match self.forward_hinted(&x, host, &layout, observer) {
-                    Hinted::Done(y) => return *y,
-                    Hinted::Observed => {}
-                    Hinted::NoHint => {
-                        observer.observe_with(x.clone(), Some(host), &layout);
-                    }
-                }
-            } else {
-                observer.observe_with(x.clone(), host.as_ref(), &layout);
-            }
+            observer.observe_with(x.clone(), host.as_ref(), &layout);
         }
         self.init_step(&x, &layout);
         if !enabled {
@@ -325,73 +321,119 @@ impl Quantizer {
         )
     }
 
-    /// The per-channel weight path with a range hint (`crate::range_hint`): a `Linear` weight
-    /// `[d_in, d_out]` quantized per output channel by an observer, on the CPU. The optimizer
-    /// left the weight's per-column min/max; the observer takes it, and one pass quantizes with
-    /// the resulting scales while it checks the hint against the values. A hint that does not
-    /// check out is undone (the observer restored) and the observer takes the actual range
-    /// that pass found ([`Hinted::Observed`]; the caller quantizes again), or, when there is
-    /// no usable hint, nothing happened ([`Hinted::NoHint`]).
-    fn forward_hinted<const D: usize>(
+    /// Observing and fake quantization on host values, for an affine observer (min-max or
+    /// moving average) on the CPU with scales that broadcast in `x`'s own shape (per tensor, per
+    /// channel): the batch range from one pass over `x` (or from the optimizer's range hint,
+    /// `crate::range_hint`, for a per-channel `Linear` weight), the observer's update and the
+    /// scales and zero-points as host arithmetic that gives the tensor ops' bits
+    /// ([`RangeObserver::combine_values`], [`crate::qparams::host_scale_from_range`]), then the
+    /// fused pass. The observer is updated last, once the output is made.
+    ///
+    /// A range hint is checked against the values in the quantizing pass; one that does not
+    /// check out is replaced by the actual range that pass found and the weight is quantized
+    /// again. `None`, with nothing changed, when this path does not apply (another layout or
+    /// estimator, a value that is not finite): the caller takes the tensor path.
+    fn forward_host<const D: usize>(
         &self,
         x: &Tensor<D>,
         host: &HostCopy,
         layout: &QuantLayout,
-        observer: &RangeObserver,
-    ) -> Hinted<D> {
+        observe: bool,
+    ) -> Option<Tensor<D>> {
+        let observer = self.observer.as_ref()?;
+        let dims = layout.native_stat_dims::<D>()?;
+        if !matches!(
+            self.spec.estimator,
+            Estimator::MinMax | Estimator::MovingAverage
+        ) {
+            return None;
+        }
+        let observing = observe && !observer.is_frozen();
+        let old = observer.range_values();
+        let hint = if observing {
+            self.range_hint(layout, host)
+        } else {
+            None
+        };
+        // The range to quantize with, from this step's statistic `batch`: the observer's update
+        // when observing, else its range, else (no data yet) the tensor's own.
+        let range = |batch: Option<(Vec<f32>, Vec<f32>)>| match (observing, &old) {
+            (true, _) => observer.combine_values(old.as_ref(), batch?),
+            (false, Some(old)) => Some(old.clone()),
+            (false, None) => batch,
+        };
+        let batch = match (&hint, observing || old.is_none()) {
+            (Some(hint), _) => Some(hint.clone()),
+            (None, true) => Some(layout.min_max_values(host)?),
+            (None, false) => None,
+        };
+        let mut new = range(batch)?;
+        let check = hint.as_ref().map(|(min, max)| (&min[..], &max[..]));
+        let y = match self.quantize_values(x, host, &new, dims, check) {
+            Some(Ok(y)) => y,
+            Some(Err(actual)) if hint.is_some() => {
+                // A stale hint: this step's actual range (from that pass, or a sweep when it
+                // met a NaN or a zero), and the weight quantized again.
+                crate::range_hint::record(false);
+                let actual = match actual {
+                    Some(actual) => Some(actual),
+                    None => layout.min_max_values(host),
+                };
+                new = range(actual)?;
+                self.quantize_values(x, host, &new, dims, None)?.ok()?
+            }
+            _ => return None,
+        };
+        if observing {
+            observer.store_values(new.0, new.1, &host.device);
+        }
+        #[cfg(test)]
+        tests::HOST_PATH.with(|n| n.set(n.get() + 1));
+        Some(y)
+    }
+
+    /// The fused fake-quant pass with the scales and zero-points of the host `range` (`None`
+    /// when a value is not finite); see [`crate::ste::fake_quantize_affine_values`].
+    fn quantize_values<const D: usize>(
+        &self,
+        x: &Tensor<D>,
+        host: &HostCopy,
+        range: &(Vec<f32>, Vec<f32>),
+        dims: [usize; D],
+        check: Option<(&[f32], &[f32])>,
+    ) -> Option<Result<Tensor<D>, Option<crate::ste::ColumnRanges>>> {
+        let (scale, zero_point) =
+            crate::qparams::host_scale_from_range(&range.0, &range.1, &self.spec)?;
+        let (qmin, qmax) = self.spec.qrange();
+        let y = crate::ste::fake_quantize_affine_values(
+            x.clone(),
+            host.clone(),
+            &scale,
+            zero_point.as_deref(),
+            dims,
+            qmin,
+            qmax,
+            check,
+        );
+        if check.is_some() && y.is_ok() {
+            crate::range_hint::record(true);
+        }
+        Some(y)
+    }
+
+    /// The optimizer's per-column range of a per-channel `Linear` weight `[rows, cols]`, if it
+    /// left one for this very buffer (asking for such ranges from now on).
+    fn range_hint(&self, layout: &QuantLayout, host: &HostCopy) -> Option<(Vec<f32>, Vec<f32>)> {
         let (Operand::Weight(_), &[rows, cols]) = (&self.operand, layout.shape()) else {
-            return Hinted::NoHint;
+            return None;
         };
         if self.spec.granularity != Granularity::PerChannel
             || layout.view_shape() != [rows, cols, 1, 1]
-            || self.spec.estimator == Estimator::Percentile
-            || observer.is_frozen()
         {
-            return Hinted::NoHint;
+            return None;
         }
         crate::range_hint::want([rows, cols]);
-        let Some((min, max)) = crate::range_hint::take(host.values(), cols) else {
-            return Hinted::NoHint;
-        };
-        let Some(dims) = layout.native_stat_dims::<D>() else {
-            return Hinted::NoHint;
-        };
-        let snapshot = observer.snapshot();
-        observer.observe_range(
-            flat(min.clone(), &host.device),
-            flat(max.clone(), &host.device),
-        );
-        let Some((omin, omax)) = observer.range() else {
-            observer.restore(snapshot);
-            return Hinted::NoHint;
-        };
-        let (scale, zero_point) =
-            scale_from_range(omin.without_autodiff(), omax.without_autodiff(), &self.spec);
-        let (qmin, qmax) = self.spec.qrange();
-        let y = crate::ste::fake_quantize_affine_checked(
-            x.clone(),
-            host.clone(),
-            scale.reshape(dims),
-            zero_point.map(|z| z.reshape(dims)),
-            qmin,
-            qmax,
-            (&min, &max),
-        );
-        crate::range_hint::record(y.is_ok());
-        match y {
-            Ok(y) => Hinted::Done(Box::new(y)),
-            Err(actual) => {
-                observer.restore(snapshot);
-                match actual {
-                    Some((min, max)) => {
-                        let device = &host.device;
-                        observer.observe_range(flat(min, device), flat(max, device));
-                        Hinted::Observed
-                    }
-                    None => Hinted::NoHint,
-                }
-            }
-        }
+        crate::range_hint::take(host.values(), cols)
     }
 
     /// Current scales and zero-points, flattened per channel / group (layout order); `None`
@@ -526,17 +568,6 @@ impl Quantizer {
         let (scale, zero_point) = scale_from_range(min, max, &self.spec);
         QParams::Affine { scale, zero_point }
     }
-}
-
-/// What [`Quantizer::forward_hinted`] did.
-enum Hinted<const D: usize> {
-    /// The fake-quantized output (the observer has taken this step's range). Boxed: a tensor
-    /// is large next to the other variants.
-    Done(Box<Tensor<D>>),
-    /// The observer has taken this step's range; quantizing is left to the caller.
-    Observed,
-    /// Nothing: the caller observes and quantizes as usual.
-    NoHint,
 }
 
 /// Affine fake quantization of `x` with flat per-scale qparams: broadcast in `x`'s own shape
@@ -681,6 +712,11 @@ mod tests {
         }
     }
 
+    thread_local! {
+        /// Forwards that took the host path on this thread.
+        pub(super) static HOST_PATH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
     fn bits(t: Tensor<1>) -> Vec<u32> {
         vals(t).iter().map(|v| v.to_bits()).collect()
     }
@@ -704,6 +740,90 @@ mod tests {
             flat(min),
             flat(max),
         ]
+    }
+
+    /// The host path of an observing quantizer (range, observer update, scales on host values)
+    /// gives the bits of the tensor path: an observer fed through burn's ops and `fake_quantize`
+    /// with `qparams_from_range` of its range, step after step, per tensor and per channel,
+    /// min-max and moving average, with ReLU-style zeros and a negative zero in the data.
+    #[test]
+    fn host_observer_path_matches_the_tensor_ops_bit_for_bit() {
+        use crate::qparams::qparams_from_range;
+        let d = Device::flex();
+        // Per tensor, the host reduction needs at least 1024 values.
+        let dims = [32, 48];
+        for (granularity, estimator, momentum, symmetric, nbits) in [
+            (
+                Granularity::PerTensor,
+                Estimator::MovingAverage,
+                0.1,
+                false,
+                8,
+            ),
+            (Granularity::PerTensor, Estimator::MinMax, 0.1, false, 8),
+            (
+                Granularity::PerChannel,
+                Estimator::MovingAverage,
+                0.37,
+                true,
+                4,
+            ),
+            (Granularity::PerChannel, Estimator::MinMax, 0.1, true, 4),
+            (
+                Granularity::PerChannel,
+                Estimator::MovingAverage,
+                1.0,
+                false,
+                3,
+            ),
+        ] {
+            let sp = QuantSpec {
+                bits: nbits,
+                granularity,
+                estimator,
+                momentum,
+                symmetric,
+                ..QuantSpec::default()
+            };
+            let q = if granularity == Granularity::PerTensor {
+                Quantizer::for_activation(&sp, &d).unwrap()
+            } else {
+                Quantizer::for_weight(&sp, &dims, 1, &d).unwrap()
+            };
+            let layout = q.layout_for(&dims);
+            let reference = RangeObserver::new(&sp, layout.num_scales(), &d).unwrap();
+            for step in 0..4 {
+                let mut v: Vec<f32> = (0..1536)
+                    .map(|i| {
+                        (((i * 7919 + step * 131) % 1009) as f32 / 97.0 - 4.0) * (1.0 + step as f32)
+                    })
+                    .collect();
+                if granularity == Granularity::PerTensor {
+                    v.iter_mut().for_each(|x| *x = x.max(0.0));
+                }
+                v[5] = -0.0;
+                let x = t2(&v, dims, &d);
+                let before = HOST_PATH.with(std::cell::Cell::get);
+                let y = q.forward(x.clone(), true);
+                assert_eq!(
+                    HOST_PATH.with(std::cell::Cell::get),
+                    before + 1,
+                    "host path"
+                );
+                reference.observe(x.clone(), &layout);
+                let (min, max) = reference.range().unwrap();
+                let (s, z) = qparams_from_range(min.clone(), max.clone(), &sp);
+                let stat = layout.native_stat_dims::<2>().unwrap();
+                let (qmin, qmax) = sp.qrange();
+                let want = fake_quantize(x, s.reshape(stat), z.reshape(stat), qmin, qmax);
+                let b = |t: Tensor<2>| vals(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                let case = format!("{granularity:?} {estimator:?} step {step}");
+                assert_eq!(b(y), b(want), "output, {case}");
+                let (hmin, hmax) = q.observer().unwrap().range().unwrap();
+                assert_eq!(bits(hmin), bits(min), "observer min, {case}");
+                assert_eq!(bits(hmax), bits(max), "observer max, {case}");
+            }
+        }
     }
 
     /// A weight whose range hint the optimizer left (`range_hint`) is quantized in one pass

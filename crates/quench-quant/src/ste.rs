@@ -111,38 +111,29 @@ pub(crate) fn fake_quantize_affine_with<const D: usize>(
 /// Per-column `(min, max)` of a matrix.
 pub(crate) type ColumnRanges = (Vec<f32>, Vec<f32>);
 
-/// [`fake_quantize_affine_with`] for per-column scales (along the last axis) computed from an
-/// expected per-column range `(min, max)` of `x` (a hint: `crate::range_hint`), checked in the
-/// same pass that quantizes: `Ok` when the values' range is that one bit for bit (the output
-/// is then what the range computed from `x` gives), else `Err` with the actual range when it
-/// has no NaN and no zero (`None` otherwise, or off the CPU path).
+/// [`fake_quantize_affine_with`] on the CPU path with host scales (and zero-points) of shape
+/// `scale_dims`, broadcasting onto `x` in its own rank. With `check`, an expected per-column
+/// range `(min, max)` of `x` (scales along the last axis; a range hint, `crate::range_hint`) is
+/// compared with the values' own in the same pass: `Ok` only when they are equal bit for bit,
+/// else `Err` with the actual range when it has no NaN and no zero. `Err(None)` also when the
+/// CPU kernel does not apply (the caller then takes the tensor path).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn fake_quantize_affine_checked<const D: usize>(
+pub(crate) fn fake_quantize_affine_values<const D: usize>(
     x: Tensor<D>,
     host: HostCopy,
-    scale: Tensor<D>,
-    zero_point: Option<Tensor<D>>,
+    scale: &[f32],
+    zero_point: Option<&[f32]>,
+    scale_dims: [usize; D],
     qmin: i32,
     qmax: i32,
-    expect: (&[f32], &[f32]),
+    check: Option<(&[f32], &[f32])>,
 ) -> Result<Tensor<D>, Option<ColumnRanges>> {
-    let scale = scale.without_autodiff();
-    let zero_point = zero_point.map(Tensor::without_autodiff);
     let tracked = x.is_tracked();
-    let zp = zero_point.as_ref();
-    match cpu::fake_quantize(
-        &x,
-        Some(host),
-        &scale,
-        zp,
-        qmin,
-        qmax,
-        tracked,
-        Some(expect),
-    ) {
-        Some((q, mask, cpu::Check::Same)) => Ok(with_gradient(x, q, mask)),
+    let (zp, dims) = (zero_point, &scale_dims[..]);
+    match cpu::fake_quantize_values(&x, Some(host), scale, dims, zp, qmin, qmax, tracked, check) {
+        Some((q, mask, cpu::Check::Same | cpu::Check::NotAsked)) => Ok(with_gradient(x, q, mask)),
         Some((_, _, cpu::Check::Differs(actual))) => Err(actual),
-        _ => Err(None),
+        None => Err(None),
     }
 }
 
@@ -347,19 +338,43 @@ mod cpu {
         track: bool,
         check: Option<(&[f32], &[f32])>,
     ) -> Option<(Tensor<D>, Mask, Check)> {
-        if x.dtype() != DType::F32 || scale.dtype() != DType::F32 || x.device() != Device::flex() {
+        if scale.dtype() != DType::F32
+            || zero_point.is_some_and(|z| z.dims() != scale.dims() || z.dtype() != DType::F32)
+        {
+            return None;
+        }
+        let values = |t: &Tensor<D>| t.to_data().try_to_vec::<f32>().ok();
+        let zero_point = match zero_point {
+            Some(z) => Some(values(z)?),
+            None => None,
+        };
+        let (scale_dims, scale) = (scale.dims(), values(scale)?);
+        let zp = zero_point.as_deref();
+        fake_quantize_values(x, host, &scale, &scale_dims, zp, qmin, qmax, track, check)
+    }
+
+    /// [`fake_quantize`] with the scales (and zero-points) as host values, of shape
+    /// `scale_dims` (broadcasting onto `x`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn fake_quantize_values<const D: usize>(
+        x: &Tensor<D>,
+        host: Option<HostCopy>,
+        scale: &[f32],
+        scale_dims: &[usize],
+        zero_point: Option<&[f32]>,
+        qmin: i32,
+        qmax: i32,
+        track: bool,
+        check: Option<(&[f32], &[f32])>,
+    ) -> Option<(Tensor<D>, Mask, Check)> {
+        if x.dtype() != DType::F32 || x.device() != Device::flex() {
             return None;
         }
         let dims = x.dims();
-        let (channels, inner) = broadcast_axis(&dims, &scale.dims())?;
-        if zero_point.is_some_and(|z| z.dims() != scale.dims() || z.dtype() != DType::F32) {
+        let (channels, inner) = broadcast_axis(&dims, scale_dims)?;
+        if scale.len() != channels || zero_point.is_some_and(|z| z.len() != channels) {
             return None;
         }
-        let scale = scale.to_data().try_to_vec::<f32>().ok()?;
-        let zero_point = match zero_point {
-            Some(z) => Some(z.to_data().try_to_vec::<f32>().ok()?),
-            None => None,
-        };
         let host = match host {
             Some(host) => host,
             None => HostCopy::of(x)?,
@@ -390,8 +405,8 @@ mod cpu {
         .max(1);
         let chunk = task_len(unit);
         let zero = vec![0.0; channels];
-        let z_all = zero_point.as_deref().unwrap_or(&zero);
-        let zp = |k: usize| zero_point.as_ref().map_or(0.0, |z| z[k]);
+        let z_all = zero_point.unwrap_or(&zero);
+        let zp = |k: usize| zero_point.map_or(0.0, |z| z[k]);
         // One task: its slice of the output, the clamped positions it met (if tracked), and
         // (if checking) its rows' per-column range.
         let task = |(t, out): (usize, &mut [MaybeUninit<f32>])| {
@@ -409,7 +424,7 @@ mod cpu {
                 let base = first + i * unit;
                 let track = track.as_deref_mut();
                 if per_element {
-                    per_element_row(s, o, &scale, z_all, lo, hi, base, track, range.as_mut());
+                    per_element_row(s, o, scale, z_all, lo, hi, base, track, range.as_mut());
                 } else {
                     let c = (first / unit + i) % channels;
                     per_run(s, o, scale[c], zp(c), lo, hi, base, track);
