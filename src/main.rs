@@ -151,8 +151,9 @@ enum Command {
         #[arg(long, default_value_t = quench::train::bench::BATCH_SIZE)]
         batch_size: usize,
         /// Time the workloads side by side: build them all, then let them take turns, this
-        /// many steps each, until each has done --steps (each line then lists its blocks'
-        /// seconds; benches/overhead.sh turns them into paired ratios).
+        /// many timed steps each (after one untimed step that rewarms the caches), until each
+        /// has done --steps (each line then lists its blocks' seconds; benches/overhead.sh
+        /// turns them into paired ratios).
         #[arg(long, value_name = "STEPS")]
         interleave: Option<usize>,
     },

@@ -232,6 +232,10 @@ pub fn bench(
 /// its blocks' times (`block_seconds`, the i-th block of every workload ran in the same turn)
 /// for paired comparisons (`benches/overhead.sh`).
 ///
+/// Each turn starts with one untimed step: the caches then hold what a run of that workload
+/// alone would have, not what the previous workload left (which favoured a workload that
+/// followed a small model over one that followed a large one).
+///
 /// Peak RSS is the whole process's (all workloads live at once): `peak_rss_reset` is false.
 fn bench_interleaved(
     opts: &BenchOptions,
@@ -256,6 +260,7 @@ fn bench_interleaved(
     while done < opts.steps {
         let n = block.min(opts.steps - done);
         for (w, times) in workloads.iter_mut().zip(&mut blocks) {
+            w.step()?;
             let start = Instant::now();
             for _ in 0..n {
                 w.step()?;
@@ -323,7 +328,9 @@ impl<'a> Workload<'a> {
         let train_device = device.clone().autodiff();
         let model = build_model(&exp, &train_device)?;
         let optim = build_optimizer(&exp.train);
-        let scheduler = build_scheduler(&exp.train, opts.warmup + opts.steps)?;
+        // (with --interleave, one more untimed step per turn)
+        let turns = opts.interleave.map_or(0, |k| opts.steps.div_ceil(k.max(1)));
+        let scheduler = build_scheduler(&exp.train, opts.warmup + opts.steps + turns)?;
         let distiller = match &exp.distill {
             Some(spec) => {
                 // A freshly initialized LeNet-5 stands in for the trained teacher checkpoint:
