@@ -16,7 +16,7 @@ use burn::module::{
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::QuantError;
-use crate::qparams::{HostCopy, QuantLayout};
+use crate::qparams::{ColumnRanges, HostCopy, QuantLayout};
 use crate::spec::{Estimator, QuantSpec};
 
 /// A saved one-element state that the forward pass branches on (a flag or a counter).
@@ -323,7 +323,7 @@ impl RangeObserver {
     }
 
     /// [`Self::range`] as host values (read from the device copies).
-    pub(crate) fn range_values(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+    pub(crate) fn range_values(&self) -> Option<ColumnRanges> {
         let (min, max) = self.range()?;
         let values = |t: Tensor<1>| t.into_data().try_into_vec::<f32>().ok();
         Some((values(min)?, values(max)?))
@@ -338,10 +338,10 @@ impl RangeObserver {
     /// estimator.
     pub(crate) fn combine_values(
         &self,
-        old: Option<&(Vec<f32>, Vec<f32>)>,
-        batch: (Vec<f32>, Vec<f32>),
-    ) -> Option<(Vec<f32>, Vec<f32>)> {
-        let finite = |v: &(Vec<f32>, Vec<f32>)| v.0.iter().chain(&v.1).all(|x| x.is_finite());
+        old: Option<&ColumnRanges>,
+        batch: ColumnRanges,
+    ) -> Option<ColumnRanges> {
+        let finite = |v: &ColumnRanges| v.0.iter().chain(&v.1).all(|x| x.is_finite());
         if !finite(&batch) || old.is_some_and(|o| !finite(o)) {
             return None;
         }

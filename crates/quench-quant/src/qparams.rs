@@ -337,23 +337,15 @@ fn host_min_max(values: &[f32], outer: usize, len: usize, inner: usize) -> (Vec<
     if outer == 1 && block > TASK_ELEMENTS {
         // One long reduction: tasks of whole rows, each into its own partial results, merged.
         let rows = (TASK_ELEMENTS / inner).max(1) * inner;
-        let parts: Vec<(Vec<f32>, Vec<f32>)> = values
+        let parts: Vec<ColumnRanges> = values
             .par_chunks(rows)
-            .map(|rows| {
-                let mut mn = vec![f32::INFINITY; inner];
-                let mut mx = vec![f32::NEG_INFINITY; inner];
-                fold_rows_min_max(rows, &mut mn, &mut mx);
-                (mn, mx)
-            })
+            .map(|rows| column_ranges(rows, inner))
             .collect();
-        for (mn, mx) in parts {
-            for (a, b) in min.iter_mut().zip(mn) {
-                *a = nan_min(*a, b);
-            }
-            for (a, b) in max.iter_mut().zip(mx) {
-                *a = nan_max(*a, b);
-            }
+        let mut total = (min, max);
+        for part in &parts {
+            merge_ranges(&mut total, part);
         }
+        return total;
     } else if block > 0 {
         // Many reductions (groups): tasks of whole blocks. One task runs right here.
         min.par_chunks_mut(inner)
@@ -365,8 +357,36 @@ fn host_min_max(values: &[f32], outer: usize, len: usize, inner: usize) -> (Vec<
     (min, max)
 }
 
+/// Per-column `(min, max)` of a matrix (or per-scale ranges in layout order).
+pub type ColumnRanges = (Vec<f32>, Vec<f32>);
+
+/// Per-column `(min, max)` of the row-major `[rows, cols]` block `rows` (NaN propagates; all
+/// NaN when `rows` is not whole rows): one task's part of a reduction, merged with
+/// [`merge_ranges`].
+pub fn column_ranges(rows: &[f32], cols: usize) -> ColumnRanges {
+    let mut min = vec![f32::INFINITY; cols];
+    let mut max = vec![f32::NEG_INFINITY; cols];
+    if cols > 0 && rows.len().is_multiple_of(cols) {
+        fold_rows_min_max(rows, &mut min, &mut max);
+    } else {
+        min.fill(f32::NAN);
+        max.fill(f32::NAN);
+    }
+    (min, max)
+}
+
+/// Folds the ranges `part` into `total` (NaN propagates).
+pub fn merge_ranges(total: &mut ColumnRanges, part: &ColumnRanges) {
+    for (a, &b) in total.0.iter_mut().zip(&part.0) {
+        *a = nan_min(*a, b);
+    }
+    for (a, &b) in total.1.iter_mut().zip(&part.1) {
+        *a = nan_max(*a, b);
+    }
+}
+
 /// `min` that propagates NaN (`f32::min` drops it).
-pub(crate) fn nan_min(a: f32, b: f32) -> f32 {
+fn nan_min(a: f32, b: f32) -> f32 {
     if a.is_nan() || b.is_nan() {
         f32::NAN
     } else {
@@ -375,7 +395,7 @@ pub(crate) fn nan_min(a: f32, b: f32) -> f32 {
 }
 
 /// `max` that propagates NaN (`f32::max` drops it).
-pub(crate) fn nan_max(a: f32, b: f32) -> f32 {
+fn nan_max(a: f32, b: f32) -> f32 {
     if a.is_nan() || b.is_nan() {
         f32::NAN
     } else {
@@ -385,7 +405,7 @@ pub(crate) fn nan_max(a: f32, b: f32) -> f32 {
 
 /// Folds the rows of the row-major `[rows, min.len()]` matrix `rows` into the running per-column
 /// `min` and `max` (NaN sticks).
-pub(crate) fn fold_rows_min_max(rows: &[f32], min: &mut [f32], max: &mut [f32]) {
+fn fold_rows_min_max(rows: &[f32], min: &mut [f32], max: &mut [f32]) {
     let cols = min.len();
     assert!(cols > 0 && max.len() == cols && rows.len().is_multiple_of(cols));
     let mut done = 0;

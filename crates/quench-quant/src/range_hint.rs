@@ -93,15 +93,20 @@ pub fn wanted(dims: &[usize]) -> Option<usize> {
     lock(&WANTED).contains(&[rows, cols]).then_some(cols)
 }
 
+/// Whether ranges `min`/`max` have neither a NaN nor a zero: then they are the same bits
+/// whatever order the values were folded in (`min(-0.0, 0.0)` is either zero), so a hint that
+/// checks out equals what the quantizer's own reduction would give.
+pub(crate) fn order_free(min: &[f32], max: &[f32]) -> bool {
+    min.iter().chain(max).all(|v| !v.is_nan() && *v != 0.0)
+}
+
 /// Leaves the per-column `min`/`max` of `values` (row-major, `min.len()` columns) for the next
-/// [`take`] of the same buffer. Ranges with a NaN or a zero are not left: without them min and
-/// max are the same bits whatever order the values are folded in (`min(-0.0, 0.0)` is either
-/// zero), so a hint that checks out equals what the quantizer's own reduction would give.
+/// [`take`] of the same buffer. Ranges that are not [`order_free`] are not left.
 pub fn publish(values: &[f32], min: Vec<f32>, max: Vec<f32>) {
     if !enabled()
         || min.is_empty()
         || min.len() != max.len()
-        || min.iter().chain(&max).any(|v| v.is_nan() || *v == 0.0)
+        || !order_free(&min, &max)
         || !values.len().is_multiple_of(min.len())
     {
         return;
@@ -122,7 +127,7 @@ pub fn publish(values: &[f32], min: Vec<f32>, max: Vec<f32>) {
 
 /// The hint left for `values`' buffer, if one was, with `cols` columns: `(min, max)`. It is
 /// removed; the caller must check it against the values (see the module docs).
-pub(crate) fn take(values: &[f32], cols: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+pub(crate) fn take(values: &[f32], cols: usize) -> Option<ColumnRanges> {
     if !enabled() {
         return None;
     }
@@ -133,29 +138,9 @@ pub(crate) fn take(values: &[f32], cols: usize) -> Option<(Vec<f32>, Vec<f32>)> 
     (hint.len == len && hint.min.len() == cols).then_some((hint.min, hint.max))
 }
 
-/// Per-column `(min, max)` of the row-major `[rows, cols]` block `rows` (NaN propagates): what
-/// an optimizer computes over each block it has just updated, merged with [`merge`].
-pub fn column_ranges(rows: &[f32], cols: usize) -> (Vec<f32>, Vec<f32>) {
-    let mut min = vec![f32::INFINITY; cols];
-    let mut max = vec![f32::NEG_INFINITY; cols];
-    if cols > 0 && rows.len().is_multiple_of(cols) {
-        crate::qparams::fold_rows_min_max(rows, &mut min, &mut max);
-    } else {
-        min.fill(f32::NAN);
-        max.fill(f32::NAN);
-    }
-    (min, max)
-}
-
-/// Folds the block ranges `part` into `total` (NaN propagates).
-pub fn merge(total: &mut (Vec<f32>, Vec<f32>), part: &(Vec<f32>, Vec<f32>)) {
-    for (a, &b) in total.0.iter_mut().zip(&part.0) {
-        *a = crate::qparams::nan_min(*a, b);
-    }
-    for (a, &b) in total.1.iter_mut().zip(&part.1) {
-        *a = crate::qparams::nan_max(*a, b);
-    }
-}
+/// What an optimizer computes over each block it has just updated ([`column_ranges`]) and
+/// folds into the weight's range ([`merge_ranges`]) before [`publish`]ing it.
+pub use crate::qparams::{ColumnRanges, column_ranges, merge_ranges};
 
 #[cfg(test)]
 mod tests {
@@ -194,7 +179,7 @@ mod tests {
         publish(&values, min, max);
         assert!(take(&values, 2).is_none());
         let mut total = column_ranges(&[1.0, 2.0], 2);
-        merge(&mut total, &column_ranges(&[f32::NAN, -1.0], 2));
+        merge_ranges(&mut total, &column_ranges(&[f32::NAN, -1.0], 2));
         assert!(total.0[0].is_nan() && total.1[0].is_nan());
         assert_eq!((total.0[1], total.1[1]), (-1.0, 2.0));
     }

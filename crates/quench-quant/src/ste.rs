@@ -13,7 +13,7 @@
 
 use burn::tensor::{Bool, DType, Tensor};
 
-use crate::qparams::HostCopy;
+use crate::qparams::{ColumnRanges, HostCopy};
 
 /// Forward `q`, backward the identity to `x` (the straight-through estimator in its general form).
 ///
@@ -107,9 +107,6 @@ pub(crate) fn fake_quantize_affine_with<const D: usize>(
         }
     }
 }
-
-/// Per-column `(min, max)` of a matrix.
-pub(crate) type ColumnRanges = (Vec<f32>, Vec<f32>);
 
 /// [`fake_quantize_affine_with`] on the CPU path with host scales (and zero-points) of shape
 /// `scale_dims`, broadcasting onto `x` in its own rank. With `check`, an expected per-column
@@ -319,7 +316,7 @@ mod cpu {
     use rayon::prelude::*;
 
     use crate::flexops::task_len;
-    use crate::qparams::HostCopy;
+    use crate::qparams::{ColumnRanges, HostCopy};
 
     /// The fake-quantized `x` as a plain tensor and (if `track`) where its codes were clamped;
     /// `None` when not applicable (another backend or dtype, scales varying along more than one
@@ -470,7 +467,7 @@ mod cpu {
         Same,
         /// They are not: the actual `(min, max)` when it has no NaN and no zero (then any
         /// reduction of the values gives these bits), else `None`.
-        Differs(Option<(Vec<f32>, Vec<f32>)>),
+        Differs(Option<ColumnRanges>),
     }
 
     /// Running per-column min and max of rows, and whether a NaN was among the values (min/max
@@ -517,7 +514,7 @@ mod cpu {
             if !r.nan && bits(&r.min, min) && bits(&r.max, max) {
                 return Check::Same;
             }
-            let clean = !r.nan && r.min.iter().chain(&r.max).all(|v| *v != 0.0);
+            let clean = !r.nan && crate::range_hint::order_free(&r.min, &r.max);
             Check::Differs(clean.then_some((r.min, r.max)))
         }
     }

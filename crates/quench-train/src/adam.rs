@@ -131,7 +131,7 @@ impl FusedAdam {
         };
         let mut ranges = ranges.into_iter().flatten();
         if let Some(mut total) = ranges.next() {
-            ranges.for_each(|part| quench_quant::range_hint::merge(&mut total, &part));
+            ranges.for_each(|part| quench_quant::range_hint::merge_ranges(&mut total, &part));
             quench_quant::range_hint::publish(p.values(), total.0, total.1);
         }
         let state = AdamState::new(AdaptiveMomentumState::new(
