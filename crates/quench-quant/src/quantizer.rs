@@ -12,6 +12,7 @@ use crate::observer::{HostScalar, RangeObserver};
 use crate::qparams::{
     ColumnRanges, HostCopy, MIN_SCALE, QuantLayout, qparams_from_range, scale_from_range,
 };
+use crate::range_hint::{Outcome, Taken};
 use crate::spec::{Estimator, Granularity, QuantSpec};
 use crate::ste::{
     affine_codes, affine_codes_opt, fake_quantize, fake_quantize_affine_with, lsq_codes,
@@ -352,10 +353,9 @@ impl Quantizer {
         }
         let observing = observe && !observer.is_frozen();
         let old = observer.range_values();
-        let hint = if observing {
-            self.range_hint(layout, host)
-        } else {
-            None
+        let (hint, held) = match self.range_hint(layout, host).filter(|_| observing) {
+            Some(taken) => (Some(taken.range), taken.held),
+            None => (None, false),
         };
         // The range to quantize with, from this step's statistic `batch`: the observer's update
         // when observing, else its range, else (no data yet) the tensor's own.
@@ -370,18 +370,27 @@ impl Quantizer {
             (None, false) => None,
         };
         let mut new = range(batch)?;
-        let check = hint.as_ref().map(|(min, max)| (&min[..], &max[..]));
+        // A held hint is the range of these very values (see `range_hint`); another is checked
+        // in the quantizing pass.
+        let check = match &hint {
+            Some((min, max)) if !held => Some((&min[..], &max[..])),
+            _ => None,
+        };
         let y = match self.quantize_values(x, host, &new, dims, check) {
             Some(Ok(y)) => {
                 if hint.is_some() {
-                    crate::range_hint::record(true);
+                    crate::range_hint::record(if held {
+                        Outcome::Held
+                    } else {
+                        Outcome::Checked
+                    });
                 }
                 y
             }
             Some(Err(actual)) if hint.is_some() => {
                 // A stale hint: this step's actual range (from that pass, or a sweep when it
                 // met a NaN or a zero), and the weight quantized again.
-                crate::range_hint::record(false);
+                crate::range_hint::record(Outcome::Failed);
                 let actual = match actual {
                     Some(actual) => Some(actual),
                     None => layout.min_max_values(host),
@@ -426,7 +435,7 @@ impl Quantizer {
 
     /// The optimizer's per-column range of a per-channel `Linear` weight `[rows, cols]`, if it
     /// left one for this very buffer (asking for such ranges from now on).
-    fn range_hint(&self, layout: &QuantLayout, host: &HostCopy) -> Option<ColumnRanges> {
+    fn range_hint(&self, layout: &QuantLayout, host: &HostCopy) -> Option<Taken> {
         let (Operand::Weight(_), &[rows, cols]) = (&self.operand, layout.shape()) else {
             return None;
         };
@@ -830,12 +839,13 @@ mod tests {
     }
 
     /// A weight whose range hint the optimizer left (`range_hint`) is quantized in one pass
-    /// with the same output, gradient and observer bits as without it; a stale hint or a NaN
-    /// among the values falls back to the sweep, again with the same bits.
+    /// with the same output, gradient and observer bits as without it: a held hint
+    /// (`publish_for`) as it is, another checked in that pass; a stale hint or a NaN among the
+    /// values falls back to the sweep, again with the same bits.
     #[test]
     fn range_hints_change_no_bit_and_stale_ones_fall_back() {
         use crate::range_hint::set_enabled_on_this_thread as hints;
-        use crate::range_hint::{column_ranges, outcomes_on_this_thread, publish};
+        use crate::range_hint::{column_ranges, outcomes_on_this_thread, publish, publish_for};
         // 37 rows of 20 columns: two 8-lane blocks and a scalar tail per row.
         let dims = [37, 20];
         let base: Vec<f32> = (0..740)
@@ -854,10 +864,11 @@ mod tests {
             let d = Device::flex().autodiff();
             let plain = Quantizer::for_weight(&sp, &dims, 1, &d).unwrap();
             let hinted = Quantizer::for_weight(&sp, &dims, 1, &d).unwrap();
-            for step in 0..4 {
+            for step in 0..5 {
                 let mut w: Vec<f32> = base.iter().map(|v| v * (1.0 + step as f32 / 8.0)).collect();
-                // step 2: a stale hint (one column's max is off); step 3: a NaN in the values.
-                if step == 3 {
+                // step 2: a held hint; step 3: a stale hint (one column's max is off); step 4: a
+                // NaN in the values.
+                if step == 4 {
                     w[45] = f32::NAN;
                 }
                 let tensor =
@@ -865,7 +876,7 @@ mod tests {
                 hints(false);
                 let want = hinted_run(&plain, tensor());
                 hints(true);
-                let (ok, bad) = outcomes_on_this_thread();
+                let before = outcomes_on_this_thread();
                 // The hint must be for the very buffer the quantizer reads: publish it from
                 // inside the forward's input, as the optimizer would for the weight it wrote.
                 let t = tensor();
@@ -875,17 +886,23 @@ mod tests {
                     .map(|v| if v.is_nan() { 0.5 } else { *v })
                     .collect();
                 let (min, mut max) = column_ranges(&clean, dims[1]);
-                if step == 2 {
+                if step == 3 {
                     max[3] += 1.0;
                 }
-                publish(host.values(), min, max);
+                if step == 2 {
+                    drop(host);
+                    publish_for(&t.clone().inner(), min, max);
+                } else {
+                    publish(host.values(), min, max);
+                }
                 let got = hinted_run(&hinted, t);
                 let after = outcomes_on_this_thread();
-                let expect = if step < 2 {
-                    (ok + 1, bad)
-                } else {
-                    (ok, bad + 1)
-                };
+                let mut expect = before;
+                match step {
+                    0 | 1 => expect.checked += 1,
+                    2 => expect.held += 1,
+                    _ => expect.failed += 1,
+                }
                 assert_eq!(after, expect, "{estimator:?} step {step}");
                 // Same output, gradient and observer state as the quantizer without hints.
                 for (part, (g, w)) in ["output", "dW", "min", "max"]
@@ -900,6 +917,62 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A held hint (`publish_for`) keeps its buffer from being written in place: a weight
+    /// updated after the hint was left is a new buffer, which the hint does not describe, and
+    /// is quantized from its own range; `release` drops the hold, and the update is in place.
+    #[test]
+    fn held_hints_pin_their_buffer_and_release_drops_them() {
+        use crate::flexops::HostBuffer;
+        use crate::range_hint::{column_ranges, outcomes_on_this_thread, publish_for, release};
+        let dims = [16, 24];
+        let sp = QuantSpec {
+            bits: 4,
+            granularity: Granularity::PerChannel,
+            ..QuantSpec::default()
+        };
+        let d = Device::flex();
+        let w: Vec<f32> = (0..16 * 24)
+            .map(|i| ((i * 7919) % 389) as f32 / 97.0 - 2.0)
+            .collect();
+        let (min, max) = column_ranges(&w, dims[1]);
+        let tensor = Tensor::<2>::from_data(TensorData::new(w.clone(), dims), &d);
+        let addr = |t: &Tensor<2>| HostCopy::of(t).unwrap().values().as_ptr() as usize;
+        let at = addr(&tensor);
+        publish_for(&tensor, min.clone(), max.clone());
+        // An in-place update of the only other handle: the held buffer is copied first.
+        let mut buffer = HostBuffer::take(tensor).unwrap();
+        buffer.values_mut().iter_mut().for_each(|v| *v *= 3.0);
+        let updated: Tensor<2> = buffer.into_tensor();
+        assert_ne!(addr(&updated), at, "a held buffer was written in place");
+        let q = Quantizer::for_weight(&sp, &dims, 1, &d).unwrap();
+        let fresh = Quantizer::for_weight(&sp, &dims, 1, &d).unwrap();
+        let before = outcomes_on_this_thread();
+        let y = vals(q.forward(updated.clone(), true));
+        assert_eq!(
+            outcomes_on_this_thread(),
+            before,
+            "no hint for the new buffer"
+        );
+        let want = {
+            crate::range_hint::set_enabled_on_this_thread(false);
+            let want = vals(fresh.forward(updated.clone(), true));
+            crate::range_hint::set_enabled_on_this_thread(true);
+            want
+        };
+        assert_eq!(y, want);
+        // Released: the only handle's buffer is unshared again and updated in place.
+        publish_for(&updated, min, max);
+        let at = addr(&updated);
+        release(&updated);
+        let mut buffer = HostBuffer::take(updated).unwrap();
+        buffer.values_mut()[0] = 1.0;
+        assert_eq!(
+            addr(&buffer.into_tensor()),
+            at,
+            "a released buffer was copied"
+        );
     }
 
     #[test]

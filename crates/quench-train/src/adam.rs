@@ -79,6 +79,12 @@ impl FusedAdam {
     ) -> (Tensor<D>, Option<AdamState<D>>) {
         let dims = tensor.dims();
         let n = dims.iter().product::<usize>();
+        // A weight whose per-column range a quantizer wants (`range_hint`): its untaken hint
+        // from the last step must not hold the buffer this update writes.
+        let cols = quench_quant::range_hint::wanted(&dims);
+        if cols.is_some() {
+            quench_quant::range_hint::release(&tensor);
+        }
         let mut p = host(tensor);
         let g = host(grad);
         let (time, mut m, mut v) = match state {
@@ -110,9 +116,8 @@ impl FusedAdam {
         // Large parameters are split over the pool: each value is independent, so the result
         // does not depend on the split.
         const CHUNK: usize = 1 << 15;
-        // A weight whose per-column range a quantizer wants (`range_hint`): chunks of whole
-        // rows, each one's range taken right after its update, while it is in cache.
-        let cols = quench_quant::range_hint::wanted(&dims);
+        // Such a weight is updated in chunks of whole rows, each one's range taken right after
+        // its update, while it is in cache.
         let chunk = cols.map_or(CHUNK, |cols| (CHUNK / cols).max(1) * cols);
         let (pv, gv) = (p.values_mut(), g.values());
         let (mv, vv) = (m.values_mut(), v.values_mut());
@@ -130,16 +135,20 @@ impl FusedAdam {
             vec![step(pv, gv, mv, vv)]
         };
         let mut ranges = ranges.into_iter().flatten();
-        if let Some(mut total) = ranges.next() {
+        let range = ranges.next().map(|mut total| {
             ranges.for_each(|part| quench_quant::range_hint::merge_ranges(&mut total, &part));
-            quench_quant::range_hint::publish(p.values(), total.0, total.1);
-        }
+            total
+        });
         let state = AdamState::new(AdaptiveMomentumState::new(
             time,
             m.into_tensor(),
             v.into_tensor(),
         ));
-        (p.into_tensor(), Some(state))
+        let tensor = p.into_tensor();
+        if let Some((min, max)) = range {
+            quench_quant::range_hint::publish_for(&tensor, min, max);
+        }
+        (tensor, Some(state))
     }
 }
 
@@ -321,7 +330,7 @@ mod tests {
     /// With a per-channel W4 quantizer on each weight, `FusedAdam` leaves each updated weight's
     /// per-column range for the next forward (`range_hint`): training with those hints gives
     /// the same parameters and observer ranges, bit for bit, as training without them, and
-    /// the hints were taken and checked out.
+    /// the hints were taken as held ones.
     #[test]
     fn range_hints_for_quantized_weights_change_no_bit() {
         use quench_quant::layer::{LayerQuant, QuantLinear};
@@ -358,7 +367,7 @@ mod tests {
                     GradientsParams::from_grads(l.forward(x).powi_scalar(2).sum().backward(), &l);
                 l = optim.step(1e-2, l, grads);
             }
-            let (ok, bad) = outcomes_on_this_thread();
+            let after = outcomes_on_this_thread();
             set_enabled_on_this_thread(true);
             let range = l
                 .ops
@@ -370,13 +379,18 @@ mod tests {
                 t.into_data().iter::<f32>().map(f32::to_bits).collect()
             };
             let state = (values(&l.inner), bits(range.0), bits(range.1));
-            (state, (ok - before.0, bad - before.1))
+            let used = (
+                after.held - before.held,
+                after.checked - before.checked,
+                after.failed - before.failed,
+            );
+            (state, used)
         };
         let (without, none) = train(false);
         let (with, used) = train(true);
-        assert_eq!(none, (0, 0));
-        // Steps 2..4 find the range the previous update left (step 1 has none yet).
-        assert_eq!(used, (3, 0));
+        assert_eq!(none, (0, 0, 0));
+        // Steps 2..4 find the range the previous update left, held (step 1 has none yet).
+        assert_eq!(used, (3, 0, 0));
         assert!(without == with, "hints changed the training");
     }
 
