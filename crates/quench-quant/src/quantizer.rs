@@ -444,7 +444,7 @@ impl Quantizer {
         {
             return None;
         }
-        crate::range_hint::want([rows, cols]);
+        crate::range_hint::want(host.values(), cols);
         crate::range_hint::take(host.values(), cols)
     }
 
@@ -921,11 +921,14 @@ mod tests {
 
     /// A held hint (`publish_for`) keeps its buffer from being written in place: a weight
     /// updated after the hint was left is a new buffer, which the hint does not describe, and
-    /// is quantized from its own range; `release` drops the hold, and the update is in place.
+    /// is quantized from its own range; `prepare_update` drops the hold, and the update is in
+    /// place.
     #[test]
-    fn held_hints_pin_their_buffer_and_release_drops_them() {
+    fn held_hints_pin_their_buffer_and_prepare_update_drops_them() {
         use crate::flexops::HostBuffer;
-        use crate::range_hint::{column_ranges, outcomes_on_this_thread, publish_for, release};
+        use crate::range_hint::{
+            column_ranges, outcomes_on_this_thread, prepare_update, publish_for,
+        };
         let dims = [16, 24];
         let sp = QuantSpec {
             bits: 4,
@@ -965,7 +968,11 @@ mod tests {
         // Released: the only handle's buffer is unshared again and updated in place.
         publish_for(&updated, min, max);
         let at = addr(&updated);
-        release(&updated);
+        assert_eq!(
+            prepare_update(&updated),
+            Some(24),
+            "a quantizer read this buffer"
+        );
         let mut buffer = HostBuffer::take(updated).unwrap();
         buffer.values_mut()[0] = 1.0;
         assert_eq!(

@@ -11,8 +11,10 @@
 //! in L1/L2) costs a fraction of that.
 //!
 //! **Keyed by buffer.** The optimizer does not know which tensor a quantizer will get, so a
-//! hint is keyed by the address and length of the buffer it describes. Only shapes some
-//! quantizer asked for ([`want`]) get hints, so an fp32 model's optimizer does no extra work.
+//! hint is keyed by the address and length of the buffer it describes. Only buffers a
+//! quantizer has read ([`want`]) get hints: the optimizer updates a weight in place, so its
+//! buffer is the same from step to step, and the weights of an fp32 model (or of another
+//! model of the same shapes in the same process) cost their optimizer nothing.
 //!
 //! **Held hints are the range.** The optimizer leaves its hints with [`publish_for`], which
 //! holds the weight's buffer until the hint is taken: while held, the buffer can neither be
@@ -21,8 +23,8 @@
 //! The values a quantizer finds at that address are then the very values the range was taken
 //! over, and it quantizes with it straight away. Checking the range in the quantizing pass (as
 //! below) cost about a third of that pass: 118 µs instead of 74 µs for a 784×512 weight on 2
-//! threads with warm caches. The optimizer [`release`]s a weight's untaken hint before it
-//! updates the weight, so a hint nobody took (an evaluation in between) costs no copy.
+//! threads with warm caches. The optimizer drops a weight's untaken hint before it updates the
+//! weight ([`prepare_update`]), so a hint nobody took (an evaluation in between) costs no copy.
 //!
 //! **Other hints are checked.** A hint left by address alone ([`publish`]) is checked: the
 //! quantizer computes the actual per-column min/max in the same pass that quantizes with the
@@ -76,8 +78,11 @@ pub(crate) enum Outcome {
     Failed,
 }
 
-/// `[rows, cols]` shapes whose per-column ranges some quantizer wants.
-static WANTED: Mutex<Vec<[usize; 2]>> = Mutex::new(Vec::new());
+/// At most this many wanted buffers are remembered (the oldest go first).
+const MAX_WANTED: usize = 256;
+
+/// Buffers `(address, length, columns)` whose per-column ranges some quantizer wants.
+static WANTED: Mutex<Vec<(usize, usize, usize)>> = Mutex::new(Vec::new());
 /// Published, not yet taken hints, oldest first.
 static HINTS: Mutex<Vec<Hint>> = Mutex::new(Vec::new());
 
@@ -124,18 +129,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Asks for per-column ranges of `[rows, cols]` tensors from now on.
-pub fn want(dims: [usize; 2]) {
+/// Asks for the per-column ranges of the buffer of `values` (row-major, `cols` columns)
+/// whenever an optimizer updates it from now on.
+pub(crate) fn want(values: &[f32], cols: usize) {
+    let key = (values.as_ptr() as usize, values.len(), cols);
     let mut wanted = lock(&WANTED);
-    if !wanted.contains(&dims) {
-        wanted.push(dims);
+    if !wanted.contains(&key) {
+        if wanted.len() >= MAX_WANTED {
+            wanted.remove(0);
+        }
+        wanted.push(key);
     }
-}
-
-/// The column count when per-column ranges of a tensor of `dims` are wanted.
-pub fn wanted(dims: &[usize]) -> Option<usize> {
-    let &[rows, cols] = dims else { return None };
-    lock(&WANTED).contains(&[rows, cols]).then_some(cols)
 }
 
 /// Whether ranges `min`/`max` have neither a NaN nor a zero: then they are the same bits
@@ -186,13 +190,15 @@ fn publish_hint(values: &[f32], min: Vec<f32>, max: Vec<f32>, held: Option<HostC
     });
 }
 
-/// Drops a hint left for `weight`'s buffer: an optimizer about to update the weight in place
-/// calls this first, so that a held hint nobody took does not make the update copy it.
-pub fn release<const D: usize>(weight: &Tensor<D>) {
-    let Some(host) = HostCopy::of(weight) else {
-        return;
-    };
-    let addr = host.values().as_ptr() as usize;
+/// For an optimizer about to update the plain Flex `weight` in place: drops a hint left for
+/// its buffer, so that a held hint nobody took does not make the update copy it, and returns
+/// the column count when a quantizer wants the per-column range of that buffer ([`want`]).
+pub fn prepare_update<const D: usize>(weight: &Tensor<D>) -> Option<usize> {
+    if lock(&WANTED).is_empty() {
+        return None;
+    }
+    let host = HostCopy::of(weight)?;
+    let (addr, len) = (host.values().as_ptr() as usize, host.values().len());
     let gone = {
         let mut hints = lock(&HINTS);
         hints
@@ -200,8 +206,13 @@ pub fn release<const D: usize>(weight: &Tensor<D>) {
             .position(|h| h.addr == addr)
             .map(|at| hints.remove(at))
     };
-    // (`gone`'s hold on the buffer, and `host`'s own, end here: after the lock.)
+    let cols = lock(&WANTED)
+        .iter()
+        .find(|&&(a, l, _)| a == addr && l == len)
+        .map(|&(_, _, cols)| cols);
+    // (`gone`'s hold on the buffer, and `host`'s own, end here: after the locks.)
     drop(gone);
+    cols
 }
 
 /// The hint left for `values`' buffer, if one was, with `cols` columns. It is removed; unless
@@ -270,12 +281,17 @@ mod tests {
     }
 
     #[test]
-    fn wanted_shapes() {
-        assert_eq!(wanted(&[7, 13]), None);
-        want([7, 13]);
-        want([7, 13]);
-        assert_eq!(wanted(&[7, 13]), Some(13));
-        assert_eq!(wanted(&[13, 7]), None);
-        assert_eq!(wanted(&[7, 13, 1]), None);
+    fn wanted_buffers() {
+        let d = burn::tensor::Device::flex();
+        let values = vec![1.0f32; 7 * 13];
+        let t = Tensor::<2>::from_data(burn::tensor::TensorData::new(values, [7, 13]), &d);
+        let other = t.clone().mul_scalar(2.0);
+        let host = HostCopy::of(&t).unwrap();
+        assert_eq!(prepare_update(&t), None);
+        want(host.values(), 13);
+        want(host.values(), 13);
+        assert_eq!(prepare_update(&t), Some(13));
+        // Another buffer of the same shape is not wanted.
+        assert_eq!(prepare_update(&other), None);
     }
 }

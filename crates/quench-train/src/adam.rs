@@ -79,12 +79,9 @@ impl FusedAdam {
     ) -> (Tensor<D>, Option<AdamState<D>>) {
         let dims = tensor.dims();
         let n = dims.iter().product::<usize>();
-        // A weight whose per-column range a quantizer wants (`range_hint`): its untaken hint
+        // A weight whose per-column range a quantizer wants (`range_hint`); its untaken hint
         // from the last step must not hold the buffer this update writes.
-        let cols = quench_quant::range_hint::wanted(&dims);
-        if cols.is_some() {
-            quench_quant::range_hint::release(&tensor);
-        }
+        let cols = quench_quant::range_hint::prepare_update(&tensor);
         let mut p = host(tensor);
         let g = host(grad);
         let (time, mut m, mut v) = match state {
