@@ -353,7 +353,12 @@ impl Quantizer {
         }
         let observing = observe && !observer.is_frozen();
         let old = observer.range_values();
-        let (hint, held) = match self.range_hint(layout, host).filter(|_| observing) {
+        let taken = if observing {
+            self.range_hint(layout, host)
+        } else {
+            None
+        };
+        let (hint, held) = match taken {
             Some(taken) => (Some(taken.range), taken.held),
             None => (None, false),
         };
