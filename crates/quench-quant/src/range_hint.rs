@@ -129,10 +129,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What names a buffer here: the address and length of its values.
+fn key(values: &[f32]) -> (usize, usize) {
+    (values.as_ptr() as usize, values.len())
+}
+
 /// Asks for the per-column ranges of the buffer of `values` (row-major, `cols` columns)
 /// whenever an optimizer updates it from now on.
 pub(crate) fn want(values: &[f32], cols: usize) {
-    let key = (values.as_ptr() as usize, values.len(), cols);
+    let (addr, len) = key(values);
+    let key = (addr, len, cols);
     let mut wanted = lock(&WANTED);
     if !wanted.contains(&key) {
         if wanted.len() >= MAX_WANTED {
@@ -153,7 +159,7 @@ pub(crate) fn order_free(min: &[f32], max: &[f32]) -> bool {
 /// [`take`] of the same buffer, to be checked there. Ranges that are not [`order_free`] are not
 /// left.
 pub fn publish(values: &[f32], min: Vec<f32>, max: Vec<f32>) {
-    publish_hint(values, min, max, None);
+    publish_hint(key(values), min, max, None);
 }
 
 /// Leaves the per-column `min`/`max` of the plain Flex `weight` (row-major, `min.len()`
@@ -162,20 +168,20 @@ pub fn publish(values: &[f32], min: Vec<f32>, max: Vec<f32>) {
 /// left.
 pub fn publish_for<const D: usize>(weight: &Tensor<D>, min: Vec<f32>, max: Vec<f32>) {
     if let Some(host) = HostCopy::of(weight) {
-        publish_hint(host.values(), min, max, Some(host.clone()));
+        publish_hint(key(host.values()), min, max, Some(host));
     }
 }
 
-fn publish_hint(values: &[f32], min: Vec<f32>, max: Vec<f32>, held: Option<HostCopy>) {
+/// Leaves a hint for the buffer `(addr, len)`.
+fn publish_hint((addr, len): (usize, usize), min: Vec<f32>, max: Vec<f32>, held: Option<HostCopy>) {
     if !enabled()
         || min.is_empty()
         || min.len() != max.len()
         || !order_free(&min, &max)
-        || !values.len().is_multiple_of(min.len())
+        || !len.is_multiple_of(min.len())
     {
         return;
     }
-    let (addr, len) = (values.as_ptr() as usize, values.len());
     let mut hints = lock(&HINTS);
     hints.retain(|h| h.addr != addr);
     if hints.len() >= MAX_HINTS {
@@ -194,11 +200,18 @@ fn publish_hint(values: &[f32], min: Vec<f32>, max: Vec<f32>, held: Option<HostC
 /// its buffer, so that a held hint nobody took does not make the update copy it, and returns
 /// the column count when a quantizer wants the per-column range of that buffer ([`want`]).
 pub fn prepare_update<const D: usize>(weight: &Tensor<D>) -> Option<usize> {
-    if lock(&WANTED).is_empty() {
-        return None;
-    }
-    let host = HostCopy::of(weight)?;
-    let (addr, len) = (host.values().as_ptr() as usize, host.values().len());
+    let (addr, cols) = {
+        let wanted = lock(&WANTED);
+        if wanted.is_empty() {
+            return None;
+        }
+        let (addr, len) = key(HostCopy::of(weight)?.values());
+        let cols = wanted
+            .iter()
+            .find(|&&(a, l, _)| a == addr && l == len)
+            .map(|&(_, _, cols)| cols);
+        (addr, cols)
+    };
     let gone = {
         let mut hints = lock(&HINTS);
         hints
@@ -206,11 +219,7 @@ pub fn prepare_update<const D: usize>(weight: &Tensor<D>) -> Option<usize> {
             .position(|h| h.addr == addr)
             .map(|at| hints.remove(at))
     };
-    let cols = lock(&WANTED)
-        .iter()
-        .find(|&&(a, l, _)| a == addr && l == len)
-        .map(|&(_, _, cols)| cols);
-    // (`gone`'s hold on the buffer, and `host`'s own, end here: after the locks.)
+    // (`gone`'s hold on the buffer ends here: after the lock.)
     drop(gone);
     cols
 }
@@ -221,7 +230,7 @@ pub(crate) fn take(values: &[f32], cols: usize) -> Option<Taken> {
     if !enabled() {
         return None;
     }
-    let (addr, len) = (values.as_ptr() as usize, values.len());
+    let (addr, len) = key(values);
     let hint = {
         let mut hints = lock(&HINTS);
         let at = hints.iter().position(|h| h.addr == addr)?;
