@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use burn::module::{
     Content, Devices, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper, ModuleVisitor,
-    Param, ParamId, RunningState,
+    Param, ParamId,
 };
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -19,83 +19,172 @@ use crate::error::QuantError;
 use crate::qparams::{ColumnRanges, HostCopy, QuantLayout};
 use crate::spec::{Estimator, QuantSpec};
 
-/// A saved one-element state that the forward pass branches on (a flag or a counter).
+/// A saved state the forward pass reads and writes on the host: a flag, a counter, an
+/// observer's ranges.
 ///
-/// Its value is kept on the host, so reading it never syncs with the device; it is recorded
-/// like a `RunningState<Tensor<1>>` (a one-element float tensor under the field's name), and the
-/// device copy is rebuilt from the host value only when a record or a mapper asks for it.
+/// It is recorded like a `RunningState<Tensor<1>>` (a float tensor under the field's name), so
+/// records are the same either way. Its values are held either on the host (set by host
+/// arithmetic; the device copy is rebuilt from them only when a visitor or a mapper asks for
+/// it) or on the device (set by tensor ops where reading them back would wait on the device;
+/// they are read to the host once, when host code asks for them). A step of the host path
+/// therefore makes no tensor op for its observers: a `RunningState` made four per range
+/// (upload, `update`, and its sync's sum and division by the thread count), and its reads two
+/// device reads.
+///
 /// Loading a record (detected as a mapper that hands back another parameter id than the one it
-/// was given) reads the loaded value back to the host once. Clones share the value, as
-/// `RunningState` clones do; `valid()`/`train()` copies do not.
+/// was given) reads the loaded values back to the host once. Other mappers (optimizers, device
+/// moves) keep the values. Clones share the values, as `RunningState` clones do;
+/// `valid()`/`train()` copies do not.
 #[derive(Clone, Debug)]
-pub struct HostScalar {
+pub struct HostState {
     id: ParamId,
-    cell: Arc<Mutex<HostCell>>,
+    cell: Arc<Mutex<StateCell>>,
 }
 
+/// A one-value [`HostState`] (a flag or a counter).
+pub type HostScalar = HostState;
+
 #[derive(Debug)]
-struct HostCell {
-    value: f32,
-    /// The device copy (also the device and dtype template); out of date while `stale`.
+struct StateCell {
+    /// The device copy (also the device, dtype and kind template); out of date while `stale`.
     tensor: Tensor<1>,
+    /// The values on the host, when known (always, while `stale`).
+    host: Option<Vec<f32>>,
+    /// Whether `host` is newer than `tensor`.
     stale: bool,
 }
 
-impl HostScalar {
-    /// A state holding `value`, recorded on `device`.
-    pub fn new(value: f32, device: &Device) -> Self {
-        Self::from_tensor(ParamId::new(), value, Tensor::full([1], value, device))
+impl StateCell {
+    /// The host values, read from the device copy the first time after it was set.
+    fn host(&mut self) -> &[f32] {
+        let tensor = &self.tensor;
+        self.host.get_or_insert_with(|| {
+            tensor
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap_or_default()
+        })
     }
 
-    fn from_tensor(id: ParamId, value: f32, tensor: Tensor<1>) -> Self {
+    /// The device copy, rebuilt from the host values if they are newer (same device, dtype and
+    /// kind as before).
+    fn tensor(&mut self) -> Tensor<1> {
+        if self.stale
+            && let Some(values) = &self.host
+        {
+            let template = &self.tensor;
+            let n = values.len();
+            let fresh =
+                Tensor::<1>::from_data(TensorData::new(values.clone(), [n]), &template.device());
+            let fresh = if fresh.dtype() == template.dtype() {
+                fresh
+            } else {
+                fresh.cast(template.dtype())
+            };
+            self.tensor = match (template.is_autodiff(), fresh.is_autodiff()) {
+                (true, false) => fresh.autodiff(),
+                (false, true) => fresh.without_autodiff(),
+                _ => fresh,
+            };
+            self.stale = false;
+        }
+        self.tensor.clone()
+    }
+}
+
+impl HostState {
+    /// A one-value state holding `value`, recorded on `device`.
+    pub fn new(value: f32, device: &Device) -> Self {
+        Self::from_values(vec![value], device)
+    }
+
+    /// A state holding `values`, recorded on `device`.
+    pub fn from_values(values: Vec<f32>, device: &Device) -> Self {
+        let n = values.len();
+        let tensor = Tensor::from_data(TensorData::new(values.clone(), [n]), device);
+        Self::from_parts(ParamId::new(), Some(values), tensor)
+    }
+
+    fn from_parts(id: ParamId, host: Option<Vec<f32>>, tensor: Tensor<1>) -> Self {
         Self {
             id,
-            cell: Arc::new(Mutex::new(HostCell {
-                value,
+            cell: Arc::new(Mutex::new(StateCell {
                 tensor,
+                host,
                 stale: false,
             })),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HostCell> {
+    fn lock(&self) -> MutexGuard<'_, StateCell> {
         self.cell.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The current value (no device access).
+    /// The first value (of a one-value state), without device access once known on the host.
     pub fn get(&self) -> f32 {
-        self.lock().value
+        self.lock().host().first().copied().unwrap_or(0.0)
     }
 
-    /// Sets the value in place (seen by clones, like a `RunningState` update).
+    /// The values on the host (read from the device the first time after [`Self::set_tensor`]).
+    pub fn values(&self) -> Vec<f32> {
+        self.lock().host().to_vec()
+    }
+
+    /// Sets a one-value state in place (seen by clones, like a `RunningState` update).
     pub fn set(&self, value: f32) {
         let mut cell = self.lock();
-        if cell.value.to_bits() != value.to_bits() {
-            cell.value = value;
+        if cell.host().len() != 1 || cell.host()[0].to_bits() != value.to_bits() {
+            cell.host = Some(vec![value]);
             cell.stale = true;
         }
     }
 
-    /// A state of its own (not shared with clones of `self`) holding `value`.
+    /// Sets the values in place from the host (seen by clones); the device copy follows when
+    /// asked for.
+    pub fn set_values(&self, values: Vec<f32>) {
+        let mut cell = self.lock();
+        cell.host = Some(values);
+        cell.stale = true;
+    }
+
+    /// Sets the values in place from a tensor on the state's device, without reading it (seen
+    /// by clones). The tensor is given the state's kind (autodiff or not).
+    pub fn set_tensor(&self, value: Tensor<1>) {
+        let mut cell = self.lock();
+        let value = match (cell.tensor.is_autodiff(), value.is_autodiff()) {
+            (true, false) => value.autodiff(),
+            (false, true) => value.without_autodiff(),
+            _ => value,
+        };
+        cell.tensor = value;
+        cell.host = None;
+        cell.stale = false;
+    }
+
+    /// A one-value state of its own (not shared with clones of `self`) holding `value`.
     pub fn with_value(&self, value: f32) -> Self {
         let tensor = self.lock().tensor.clone();
-        let fresh = Self::from_tensor(self.id, value, tensor);
+        let fresh = Self::from_parts(self.id, Some(vec![value]), tensor);
         fresh.lock().stale = true;
         fresh
     }
 
-    /// The device copy of the value.
-    fn tensor(&self) -> Tensor<1> {
+    /// The device copy of the values.
+    pub fn tensor(&self) -> Tensor<1> {
+        self.lock().tensor()
+    }
+
+    /// A state of its own holding the current values on a `tensor` of the wanted kind.
+    fn snapshot(&self, kind: impl FnOnce(Tensor<1>) -> Tensor<1>) -> Self {
         let mut cell = self.lock();
-        if cell.stale {
-            cell.tensor = cell.tensor.full_like(cell.value);
-            cell.stale = false;
-        }
-        cell.tensor.clone()
+        let tensor = kind(cell.tensor());
+        Self::from_parts(self.id, cell.host.clone(), tensor)
     }
 }
 
-impl Module for HostScalar {
+impl Module for HostState {
     fn visit<V: ModuleVisitor>(&self, visitor: &mut V) {
         visitor.visit_float(&Param::initialized(self.id, self.tensor()));
     }
@@ -109,10 +198,10 @@ impl Module for HostScalar {
             .consume();
         // A saved state is a buffer, never an optimizer target.
         let tensor = tensor.set_require_grad(false);
-        let loaded = (id != probe).then(|| tensor.clone().into_scalar::<f32>());
         let mut cell = self.lock();
-        if let Some(value) = loaded {
-            cell.value = value;
+        if id != probe {
+            // Loaded: the record's values, read to the host when host code asks for them.
+            cell.host = None;
         }
         cell.tensor = tensor;
         drop(cell);
@@ -143,25 +232,26 @@ impl Module for HostScalar {
     }
 
     fn valid(&self) -> Self {
-        let tensor = self.tensor().without_autodiff();
-        Self::from_tensor(self.id, self.get(), tensor)
+        self.snapshot(Tensor::without_autodiff)
     }
 
     fn train(self) -> Self {
-        let tensor = self.tensor().autodiff();
-        Self::from_tensor(self.id, self.get(), tensor)
+        self.snapshot(Tensor::autodiff)
     }
 }
 
-impl ModuleDisplayDefault for HostScalar {
+impl ModuleDisplayDefault for HostState {
     fn content(&self, content: Content) -> Option<Content> {
-        content
-            .add_formatted(&format!("HostScalar({})", self.get()))
-            .optional()
+        let values = self.values();
+        let shown = match values.as_slice() {
+            [one] => format!("HostState({one})"),
+            many => format!("HostState([{}])", many.len()),
+        };
+        content.add_formatted(&shown).optional()
     }
 }
 
-impl ModuleDisplay for HostScalar {}
+impl ModuleDisplay for HostState {}
 
 /// Per-scale `(min, max)` statistics of observed tensors, combined across updates by the spec's
 /// estimator, with an update count and a freeze switch.
@@ -180,9 +270,9 @@ impl ModuleDisplay for HostScalar {}
 #[derive(Module, Debug)]
 pub struct RangeObserver {
     /// Per-scale minimum, flattened in layout order.
-    min: RunningState<Tensor<1>>,
+    min: HostState,
     /// Per-scale maximum, flattened in layout order.
-    max: RunningState<Tensor<1>>,
+    max: HostState,
     /// How many updates were made (recorded as a one-element float tensor, exact up to 2^24).
     updates: HostScalar,
     /// 1.0 once frozen by [`RangeObserver::freeze_observer`], else 0.0.
@@ -191,20 +281,6 @@ pub struct RangeObserver {
     spec: QuantSpec,
     #[module(skip)]
     num_scales: usize,
-}
-
-/// Writes a `RunningState` and syncs its thread map at once (no device read): the state the
-/// record visitor reads is the synced value, so an unsynced update would be missing from a record
-/// taken right after it. The value keeps the kind (autodiff or not) the state had, so the
-/// module's devices do not change.
-fn store(state: &RunningState<Tensor<1>>, like_autodiff: bool, value: Tensor<1>) {
-    let value = if like_autodiff {
-        value.autodiff()
-    } else {
-        value
-    };
-    state.update(value);
-    let _ = state.value_sync();
 }
 
 impl RangeObserver {
@@ -218,8 +294,8 @@ impl RangeObserver {
             ));
         }
         Ok(Self {
-            min: RunningState::new(Tensor::zeros([num_scales], device)),
-            max: RunningState::new(Tensor::zeros([num_scales], device)),
+            min: HostState::from_values(vec![0.0; num_scales], device),
+            max: HostState::from_values(vec![0.0; num_scales], device),
             updates: HostScalar::new(0.0, device),
             frozen: HostScalar::new(0.0, device),
             spec: spec.clone(),
@@ -254,7 +330,7 @@ impl RangeObserver {
 
     /// The observed per-scale `(min, max)`, or `None` before the first update.
     pub fn range(&self) -> Option<(Tensor<1>, Tensor<1>)> {
-        (self.updates() > 0).then(|| (self.min.value(), self.max.value()))
+        (self.updates() > 0).then(|| (self.min.tensor(), self.max.tensor()))
     }
 
     /// Folds `x` (of `layout`'s shape, detached here) into the ranges; returns whether it did
@@ -301,8 +377,7 @@ impl RangeObserver {
     /// values) into the ranges, by the estimator's rule. The caller checked `!is_frozen()`.
     pub(crate) fn observe_range(&self, bmin: Tensor<1>, bmax: Tensor<1>) {
         let n = self.updates.get();
-        let (omin, omax) = (self.min.value(), self.max.value());
-        let autodiff = omin.is_autodiff();
+        let (omin, omax) = (self.min.tensor(), self.max.tensor());
         let (min, max) = if n == 0.0 {
             (bmin, bmax)
         } else {
@@ -317,16 +392,14 @@ impl RangeObserver {
                 }
             }
         };
-        store(&self.min, autodiff, min);
-        store(&self.max, autodiff, max);
+        self.min.set_tensor(min);
+        self.max.set_tensor(max);
         self.updates.set(n + 1.0);
     }
 
-    /// [`Self::range`] as host values (read from the device copies).
+    /// [`Self::range`] as host values (without a device read when the host path set them).
     pub(crate) fn range_values(&self) -> Option<ColumnRanges> {
-        let (min, max) = self.range()?;
-        let values = |t: Tensor<1>| t.into_data().try_into_vec::<f32>().ok();
-        Some((values(min)?, values(max)?))
+        (self.updates() > 0).then(|| (self.min.values(), self.max.values()))
     }
 
     /// The ranges [`Self::observe_range`] would store after `old` (the current range, `None`
@@ -368,12 +441,9 @@ impl RangeObserver {
 
     /// Stores host ranges from [`Self::combine_values`] as one update (the caller checked
     /// `!is_frozen()`).
-    pub(crate) fn store_values(&self, min: Vec<f32>, max: Vec<f32>, device: &Device) {
-        let autodiff = self.min.value().is_autodiff();
-        let n = self.num_scales;
-        let flat = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [n]), device);
-        store(&self.min, autodiff, flat(min));
-        store(&self.max, autodiff, flat(max));
+    pub(crate) fn store_values(&self, min: Vec<f32>, max: Vec<f32>) {
+        self.min.set_values(min);
+        self.max.set_values(max);
         self.updates.set(self.updates.get() + 1.0);
     }
 
@@ -603,6 +673,49 @@ mod tests {
         let moved = loaded.to_device(&d).map(&mut NoopMapper);
         assert_eq!(moved.get(), 4.0);
         assert_eq!(vals(moved.tensor()), vec![4.0]);
+    }
+
+    #[test]
+    fn host_state_vectors_follow_host_and_device_writes() {
+        let d = Device::flex().autodiff();
+        let s = HostState::from_values(vec![1.0, 2.0, 3.0], &d);
+        let shared = s.clone();
+        // Host writes: the device copy follows when asked, with the state's kind.
+        s.set_values(vec![4.0, -5.0, 6.5]);
+        assert_eq!(shared.values(), [4.0, -5.0, 6.5]);
+        let t = shared.tensor();
+        assert!(t.is_autodiff() && !t.is_require_grad());
+        assert_eq!(vals(t), [4.0, -5.0, 6.5]);
+        // Recorded as the last host write; a load reads the record's values back.
+        let bytes = s.clone().into_record().into_bytes().unwrap();
+        let fresh = HostState::from_values(vec![0.0; 3], &d);
+        let loaded = fresh.load_record(burn::store::ModuleRecord::from_bytes(bytes).unwrap());
+        assert_eq!(loaded.values(), [4.0, -5.0, 6.5]);
+        // Device writes: kept as given (in the state's kind), read to the host once asked.
+        s.set_tensor(t1(&[7.0, 8.0, 9.0], &Device::flex()));
+        assert!(shared.tensor().is_autodiff());
+        assert_eq!(shared.values(), [7.0, 8.0, 9.0]);
+        // valid() is a snapshot on the plain device.
+        let valid = s.valid();
+        s.set_values(vec![0.0; 3]);
+        assert!(!valid.tensor().is_autodiff());
+        assert_eq!(valid.values(), [7.0, 8.0, 9.0]);
+    }
+
+    #[test]
+    fn host_path_ranges_are_recorded() {
+        // Ranges stored from host values (the CPU fast path) reach a record taken right after.
+        let d = Device::flex();
+        let o = RangeObserver::new(&spec(Estimator::MinMax), 2, &d).unwrap();
+        o.store_values(vec![-1.0, -2.0], vec![3.0, 4.0]);
+        let (mn, mx) = o.range_values().unwrap();
+        assert_eq!((mn, mx), (vec![-1.0, -2.0], vec![3.0, 4.0]));
+        let bytes = o.into_record().into_bytes().unwrap();
+        let fresh = RangeObserver::new(&spec(Estimator::MinMax), 2, &d).unwrap();
+        let loaded = fresh.load_record(burn::store::ModuleRecord::from_bytes(bytes).unwrap());
+        let (mn, mx) = loaded.range().unwrap();
+        assert_eq!((vals(mn), vals(mx)), (vec![-1.0, -2.0], vec![3.0, 4.0]));
+        assert_eq!(loaded.range_values().unwrap().1, [3.0, 4.0]);
     }
 
     struct NoopMapper;

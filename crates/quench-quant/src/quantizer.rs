@@ -406,7 +406,7 @@ impl Quantizer {
             _ => return None,
         };
         if observing {
-            observer.store_values(new.0, new.1, &host.device);
+            observer.store_values(new.0, new.1);
         }
         #[cfg(test)]
         tests::HOST_PATH.with(|n| n.set(n.get() + 1));
