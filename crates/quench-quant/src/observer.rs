@@ -185,16 +185,40 @@ impl HostState {
 }
 
 impl Module for HostState {
+    /// A state whose device copy is out of date is visited as a lazy parameter that rebuilds
+    /// it only when the visitor reads it (a record does; quench's gradient collection,
+    /// `quench_train::optim::gradients`, skips parameters never made, which no graph can hold).
     fn visit<V: ModuleVisitor>(&self, visitor: &mut V) {
-        visitor.visit_float(&Param::initialized(self.id, self.tensor()));
+        let cell = self.lock();
+        if !cell.stale {
+            let param = Param::initialized(self.id, cell.tensor.clone());
+            drop(cell);
+            visitor.visit_float(&param);
+            return;
+        }
+        let (device, n) = (cell.tensor.device(), cell.tensor.dims()[0]);
+        drop(cell);
+        let state = Arc::clone(&self.cell);
+        let param = Param::uninitialized(
+            self.id,
+            move |_, _| state.lock().unwrap_or_else(|e| e.into_inner()).tensor(),
+            device,
+            false,
+            [n].into(),
+        );
+        visitor.visit_float(&param);
     }
 
+    /// The mapper gets the device copy as it is, even when out of date: an optimizer hands it
+    /// back, a device move moves it (the values are rebuilt on the new device when asked for),
+    /// and a record load replaces it.
     fn map<M: ModuleMapper>(self, mapper: &mut M) -> Self {
         // A probe id tells a record load (which hands back the recorded id) from every other
         // mapper (optimizers, device moves), which hand back the parameter they were given.
         let probe = ParamId::new();
+        let template = self.lock().tensor.clone();
         let (id, tensor, _) = mapper
-            .map_float(Param::initialized(probe, self.tensor()))
+            .map_float(Param::initialized(probe, template))
             .consume();
         // A saved state is a buffer, never an optimizer target.
         let tensor = tensor.set_require_grad(false);
@@ -202,6 +226,7 @@ impl Module for HostState {
         if id != probe {
             // Loaded: the record's values, read to the host when host code asks for them.
             cell.host = None;
+            cell.stale = false;
         }
         cell.tensor = tensor;
         drop(cell);
@@ -695,6 +720,21 @@ mod tests {
         s.set_tensor(t1(&[7.0, 8.0, 9.0], &Device::flex()));
         assert!(shared.tensor().is_autodiff());
         assert_eq!(shared.values(), [7.0, 8.0, 9.0]);
+        // A state changed on the host is visited as a lazy parameter, made when read.
+        struct Made(Vec<bool>);
+        impl ModuleVisitor for Made {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                self.0.push(param.is_initialized());
+            }
+        }
+        s.set_values(vec![7.5, 8.0, 9.0]);
+        let mut made = Made(Vec::new());
+        s.visit(&mut made);
+        assert_eq!(made.0, [false]);
+        assert_eq!(vals(shared.tensor()), [7.5, 8.0, 9.0]);
+        s.visit(&mut made);
+        assert_eq!(made.0, [false, true]);
+        s.set_tensor(t1(&[7.0, 8.0, 9.0], &Device::flex()));
         // valid() is a snapshot on the plain device.
         let valid = s.valid();
         s.set_values(vec![0.0; 3]);

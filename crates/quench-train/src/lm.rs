@@ -13,7 +13,7 @@ use std::time::Instant;
 use burn::lr_scheduler::LrSchedulerRecord;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{GradientsParams, OptimizerRecord};
+use burn::optim::OptimizerRecord;
 use burn::store::ModuleRecord;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bytes, Device, Int, Tensor, TensorData};
@@ -562,7 +562,7 @@ pub fn run_lm(exp: &Experiment, opts: &RunOptions) -> Result<LmSummary, TrainErr
             if !loss_value.is_finite() {
                 return (model, Err(loss_value));
             }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let grads = crate::optim::gradients(loss.backward(), &model);
             let model = optim.step(lr, model, grads);
             (model, Ok((loss_value, correct.into_scalar::<i64>())))
         });

@@ -6,13 +6,46 @@ use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
 use burn::lr_scheduler::linear::LinearLrSchedulerConfig;
 use burn::lr_scheduler::module_lr_scheduler::{ModuleLrScheduler, ModuleLrSchedulerConfig};
 use burn::lr_scheduler::sequential::SequentialLrSchedulerConfig;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamWConfig, ModuleOptimizer, SgdConfig};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::{Gradients, Tensor};
 
 use crate::TrainError;
 use crate::adam::FusedAdam;
 use crate::recipe::{LrScheduleKind, OptimizerKind, TrainConfig};
+
+/// The gradients of `module`'s parameters in `grads`, as burn's `GradientsParams::from_grads`
+/// collects them, except that a lazy parameter not yet made is skipped rather than made: no
+/// graph can hold it, and a saved state that changed this step (an observer's range, its update
+/// count: `quench_quant::observer::HostState`) is visited as one, so that collecting gradients
+/// does not rebuild its device copy every step.
+///
+/// Written here rather than taken from burn because burn's collector asks every parameter
+/// whether it requires a gradient, which makes it.
+pub fn gradients<M: Module>(grads: Gradients, module: &M) -> GradientsParams {
+    struct Collect {
+        grads: Gradients,
+        out: GradientsParams,
+    }
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if !param.is_initialized() || !param.is_require_grad() {
+                return;
+            }
+            if let Some(grad) = param.val().grad_remove(&mut self.grads) {
+                self.out.register(param.id, grad);
+            }
+        }
+    }
+    let mut collect = Collect {
+        grads,
+        out: GradientsParams::new(),
+    };
+    module.visit(&mut collect);
+    collect.out
+}
 
 /// The optimizer the recipe asks for (burn's own Adam / AdamW / SGD-momentum).
 pub fn build_optimizer(t: &TrainConfig) -> ModuleOptimizer {
@@ -88,6 +121,40 @@ mod tests {
     use super::*;
     use crate::recipe::Experiment;
     use std::path::Path;
+
+    #[test]
+    fn gradients_are_burns_for_a_quantized_layer() {
+        use burn::nn::LinearConfig;
+        use burn::tensor::{Device, TensorData};
+        use quench_quant::layer::{LayerQuant, QuantLinear};
+        use quench_quant::{Estimator, QuantSpec};
+        let device = Device::flex().autodiff();
+        let spec = QuantSpec {
+            estimator: Estimator::MinMax,
+            ..QuantSpec::default()
+        };
+        let kind = LayerQuant::Qat {
+            weight: Some(spec.clone()),
+            input: Some(spec),
+        };
+        device.seed(3);
+        let layer = QuantLinear::from_linear(LinearConfig::new(6, 4).init(&device), &kind).unwrap();
+        let xs: Vec<f32> = (0..12).map(|i| (i * 7 % 12) as f32 / 5.0 - 1.0).collect();
+        let x = Tensor::<2>::from_data(TensorData::new(xs, [2, 6]), &device);
+        // The same input twice: the observers see the same ranges, so the same gradients.
+        let loss = |l: &QuantLinear| l.forward(x.clone()).powi_scalar(2).sum().backward();
+        let mut ours = gradients(loss(&layer), &layer);
+        let mut burns = GradientsParams::from_grads(loss(&layer), &layer);
+        assert_eq!((ours.len(), burns.len()), (2, 2));
+        let w = layer.inner.weight.id;
+        let b = layer.inner.bias.as_ref().unwrap().id;
+        let vals = |t: Option<Tensor<2>>| t.unwrap().into_data().to_vec::<f32>().unwrap();
+        assert_eq!(vals(ours.remove::<2>(w)), vals(burns.remove::<2>(w)));
+        let vals = |t: Option<Tensor<1>>| t.unwrap().into_data().to_vec::<f32>().unwrap();
+        let (ob, bb) = (vals(ours.remove::<1>(b)), vals(burns.remove::<1>(b)));
+        assert_eq!(ob, bb);
+        assert!(ob.iter().any(|g| *g != 0.0));
+    }
 
     fn train(sets: &[&str]) -> TrainConfig {
         let base = "name='t'\n[data]\ndataset='mnist'\n[model]\narch='lenet5'\n[train]\nepochs=1\nbatch_size=8\nlr=0.1\n";

@@ -16,7 +16,7 @@ use burn::lr_scheduler::LrSchedulerRecord;
 use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::module::Module;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
-use burn::optim::{GradientsParams, ModuleOptimizer, OptimizerRecord};
+use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device, Int, Tensor};
 use quench_data::{ImageSet, Split, epoch_order, locate_dataset};
@@ -377,7 +377,7 @@ pub(crate) fn train_step(
             };
             return (model, stats);
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let grads = crate::optim::gradients(loss.backward(), &model);
         let model = optim.step(lr, model, grads);
         let stats = StepStats {
             loss: loss_value,
