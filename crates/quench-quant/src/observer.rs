@@ -24,8 +24,8 @@ use crate::spec::{Estimator, QuantSpec};
 ///
 /// It is recorded like a `RunningState<Tensor<1>>` (a float tensor under the field's name), so
 /// records are the same either way. Its values are held either on the host (set by host
-/// arithmetic; the device copy is rebuilt from them only when a visitor or a mapper asks for
-/// it) or on the device (set by tensor ops where reading them back would wait on the device;
+/// arithmetic; the device copy is rebuilt from them only when it is read: by a record, by
+/// [`Self::tensor`]) or on the device (set by tensor ops where reading them back would wait on the device;
 /// they are read to the host once, when host code asks for them). A step of the host path
 /// therefore makes no tensor op for its observers: a `RunningState` made four per range
 /// (upload, `update`, and its sync's sum and division by the thread count), and its reads two
