@@ -10,10 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::lr_scheduler::LrSchedulerRecord;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::OptimizerRecord;
 use burn::store::ModuleRecord;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bytes, Device, Int, Tensor, TensorData};
@@ -29,7 +27,10 @@ use crate::device::resolve_device;
 use crate::optim::{build_optimizer, build_scheduler};
 use crate::progress::Progress;
 use crate::recipe::Experiment;
-use crate::run::{RunOptions, log_quant_reports, open_tb_logger, prepare_out_dir};
+use crate::run::{
+    RunOptions, checkpoint_section, log_quant_reports, open_tb_logger, prepare_out_dir,
+    restore_optimizer_and_schedule, training_sections,
+};
 
 /// Steps excluded from the throughput figure at the start of each process (allocations settle).
 const WARMUP_STEPS: usize = 10;
@@ -111,15 +112,6 @@ fn gpt_config(exp: &Experiment, vocab: usize) -> Result<GptConfig, TrainError> {
         .ok_or_else(|| TrainError::Config("the recipe's model is not arch = \"gpt\"".into()))
 }
 
-fn section<'a>(ckpt: &'a Checkpoint, name: &str, path: &Path) -> Result<&'a [u8], TrainError> {
-    ckpt.section(name).ok_or_else(|| {
-        TrainError::Checkpoint(checkpoint::CheckpointError::Corrupt {
-            path: path.to_path_buf(),
-            detail: format!("no `{name}` section"),
-        })
-    })
-}
-
 /// A GPT checkpoint: its recipe, vocabulary and model (on `device`).
 pub struct LmCheckpoint {
     /// The recipe stored in the checkpoint.
@@ -154,17 +146,18 @@ pub fn lm_checkpoint_from(
             exp.model.describe(28 * 28, 10)
         )));
     }
-    let vocab_text = std::str::from_utf8(section(ckpt, "vocab", path)?).map_err(|e| {
-        TrainError::Checkpoint(checkpoint::CheckpointError::Corrupt {
-            path: path.to_path_buf(),
-            detail: format!("vocab section is not UTF-8: {e}"),
-        })
-    })?;
+    let vocab_text =
+        std::str::from_utf8(checkpoint_section(ckpt, "vocab", path)?).map_err(|e| {
+            TrainError::Checkpoint(checkpoint::CheckpointError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("vocab section is not UTF-8: {e}"),
+            })
+        })?;
     let vocab: Vec<char> = vocab_text.chars().collect();
     let model = model_from_bytes(
         &exp,
         vocab.len(),
-        section(ckpt, "model", path)?,
+        checkpoint_section(ckpt, "model", path)?,
         path,
         device,
     )?;
@@ -192,11 +185,6 @@ fn model_from_bytes(
             path.display()
         ))
     })
-}
-
-fn record_bytes(r: Result<Bytes, burn::store::RecordError>) -> Result<Vec<u8>, TrainError> {
-    r.map(|b| b.to_vec())
-        .map_err(|e| TrainError::Record(format!("serializing a record: {e:?}")))
 }
 
 /// The training batch of iteration `it`: a function of (seed, iteration) only, so a resumed
@@ -460,7 +448,7 @@ pub fn run_lm(exp: &Experiment, opts: &RunOptions) -> Result<LmSummary, TrainErr
                         saved.name
                     )));
                 }
-                if section(&ckpt, "vocab", &path)? != vocab_string.as_bytes() {
+                if checkpoint_section(&ckpt, "vocab", &path)? != vocab_string.as_bytes() {
                     return Err(TrainError::OutDir(format!(
                         "checkpoint {} was trained on a corpus with another vocabulary than {}",
                         path.display(),
@@ -470,20 +458,12 @@ pub fn run_lm(exp: &Experiment, opts: &RunOptions) -> Result<LmSummary, TrainErr
                 model = model_from_bytes(
                     exp,
                     corpus.vocab_size(),
-                    section(&ckpt, "model", &path)?,
+                    checkpoint_section(&ckpt, "model", &path)?,
                     &path,
                     &train_device,
                 )?;
-                let orec = OptimizerRecord::from_bytes(Bytes::from_bytes_vec(
-                    section(&ckpt, "optimizer", &path)?.to_vec(),
-                ))
-                .map_err(|e| TrainError::Record(format!("{}: optimizer: {e:?}", path.display())))?;
-                optim = optim.load_record(orec);
-                let srec = LrSchedulerRecord::from_bytes(Bytes::from_bytes_vec(
-                    section(&ckpt, "scheduler", &path)?.to_vec(),
-                ))
-                .map_err(|e| TrainError::Record(format!("{}: scheduler: {e:?}", path.display())))?;
-                scheduler = scheduler.load_record(srec);
+                (optim, scheduler) =
+                    restore_optimizer_and_schedule(&ckpt, &path, optim, scheduler)?;
                 start = ckpt.meta.global_step as usize;
                 history = ckpt.meta.history.clone();
                 resumed_from = Some(start);
@@ -665,18 +645,11 @@ pub fn run_lm(exp: &Experiment, opts: &RunOptions) -> Result<LmSummary, TrainErr
                     lr_factor: 1.0,
                     skipped_batches: 0,
                 },
-                sections: vec![
-                    (
-                        "model".into(),
-                        record_bytes(model.clone().into_record().into_bytes())?,
-                    ),
-                    ("optimizer".into(), record_bytes(optim.into_bytes())?),
-                    (
-                        "scheduler".into(),
-                        record_bytes(scheduler.to_record().into_bytes())?,
-                    ),
-                    ("vocab".into(), vocab_string.as_bytes().to_vec()),
-                ],
+                sections: {
+                    let mut sections = training_sections(&model, &optim, &scheduler)?;
+                    sections.push(("vocab".into(), vocab_string.as_bytes().to_vec()));
+                    sections
+                },
             };
             let path = ckpt_dir.join(checkpoint::iter_file_name(done));
             crate::phase::enter("checkpoint");

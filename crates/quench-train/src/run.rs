@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::lr_scheduler::LrSchedulerRecord;
-use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::lr_scheduler::module_lr_scheduler::{ModuleLearningRate, ModuleLrScheduler};
 use burn::module::Module;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::{ModuleOptimizer, OptimizerRecord};
@@ -638,24 +638,8 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
                     )));
                 }
                 model = model_from_checkpoint(exp, &ckpt, &path, &train_device)?;
-                let section = |name: &str| {
-                    ckpt.section(name)
-                        .map(|b| Bytes::from_bytes_vec(b.to_vec()))
-                        .ok_or_else(|| {
-                            TrainError::Record(format!(
-                                "{}: missing `{name}` section",
-                                path.display()
-                            ))
-                        })
-                };
-                let orec = OptimizerRecord::from_bytes(section("optimizer")?).map_err(|e| {
-                    TrainError::Record(format!("{}: optimizer: {e:?}", path.display()))
-                })?;
-                optim = optim.load_record(orec);
-                let srec = LrSchedulerRecord::from_bytes(section("scheduler")?).map_err(|e| {
-                    TrainError::Record(format!("{}: scheduler: {e:?}", path.display()))
-                })?;
-                scheduler = scheduler.load_record(srec);
+                (optim, scheduler) =
+                    restore_optimizer_and_schedule(&ckpt, &path, optim, scheduler)?;
                 if let Some(p) = pruner.as_mut() {
                     p.resume_from_module(ckpt.meta.global_step, &model)?;
                 }
@@ -962,17 +946,7 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
                 lr_factor,
                 skipped_batches,
             },
-            sections: vec![
-                (
-                    "model".into(),
-                    record_bytes(model.clone().into_record().into_bytes())?,
-                ),
-                ("optimizer".into(), record_bytes(optim.into_bytes())?),
-                (
-                    "scheduler".into(),
-                    record_bytes(scheduler.to_record().into_bytes())?,
-                ),
-            ],
+            sections: training_sections(&model, &optim, &scheduler)?,
         };
         let path = ckpt_dir.join(checkpoint::epoch_file_name(epoch + 1));
         crate::phase::enter("checkpoint");
@@ -1085,4 +1059,59 @@ pub fn run(exp: &Experiment, opts: &RunOptions) -> Result<Summary, TrainError> {
 fn record_bytes(r: Result<Bytes, burn::store::RecordError>) -> Result<Vec<u8>, TrainError> {
     r.map(|b| b.to_vec())
         .map_err(|e| TrainError::Record(format!("serializing a record: {e:?}")))
+}
+
+/// The sections both trainers' checkpoints hold: the model, the optimizer's state and the
+/// learning-rate schedule's.
+pub(crate) fn training_sections<M: Module>(
+    model: &M,
+    optim: &ModuleOptimizer,
+    scheduler: &ModuleLrScheduler,
+) -> Result<Vec<(String, Vec<u8>)>, TrainError> {
+    Ok(vec![
+        (
+            "model".into(),
+            record_bytes(model.clone().into_record().into_bytes())?,
+        ),
+        ("optimizer".into(), record_bytes(optim.into_bytes())?),
+        (
+            "scheduler".into(),
+            record_bytes(scheduler.to_record().into_bytes())?,
+        ),
+    ])
+}
+
+/// The section `name` of the checkpoint read from `path`; a checkpoint without it is corrupt.
+pub(crate) fn checkpoint_section<'a>(
+    ckpt: &'a Checkpoint,
+    name: &str,
+    path: &Path,
+) -> Result<&'a [u8], TrainError> {
+    ckpt.section(name).ok_or_else(|| {
+        TrainError::Checkpoint(checkpoint::CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("no `{name}` section"),
+        })
+    })
+}
+
+/// `optim` and `scheduler` with the state saved in the checkpoint read from `path`
+/// ([`training_sections`]).
+pub(crate) fn restore_optimizer_and_schedule(
+    ckpt: &Checkpoint,
+    path: &Path,
+    optim: ModuleOptimizer,
+    scheduler: ModuleLrScheduler,
+) -> Result<(ModuleOptimizer, ModuleLrScheduler), TrainError> {
+    let bytes = |name: &str| -> Result<Bytes, TrainError> {
+        Ok(Bytes::from_bytes_vec(
+            checkpoint_section(ckpt, name, path)?.to_vec(),
+        ))
+    };
+    let invalid = |name: &str, e| TrainError::Record(format!("{}: {name}: {e:?}", path.display()));
+    let orec =
+        OptimizerRecord::from_bytes(bytes("optimizer")?).map_err(|e| invalid("optimizer", e))?;
+    let srec =
+        LrSchedulerRecord::from_bytes(bytes("scheduler")?).map_err(|e| invalid("scheduler", e))?;
+    Ok((optim.load_record(orec), scheduler.load_record(srec)))
 }
