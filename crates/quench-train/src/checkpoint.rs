@@ -181,38 +181,7 @@ impl Checkpoint {
             path: path.to_path_buf(),
             detail,
         };
-        if bytes.len() < PREFIX_LEN {
-            return Err(corrupt(format!(
-                "{} bytes is shorter than the {PREFIX_LEN}-byte header",
-                bytes.len()
-            )));
-        }
-        if &bytes[..8] != MAGIC {
-            return Err(corrupt("not a quench checkpoint (bad magic)".into()));
-        }
-        let format = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-        if format != FORMAT {
-            return Err(corrupt(format!(
-                "format version {format}, this quench reads {FORMAT}"
-            )));
-        }
-        let mut len8 = [0u8; 8];
-        len8.copy_from_slice(&bytes[12..20]);
-        let header_len = u64::from_le_bytes(len8);
-        let header_crc = u32::from_le_bytes([bytes[20], bytes[21], bytes[22], bytes[23]]);
-        let rest = (bytes.len() - PREFIX_LEN) as u64;
-        if header_len > MAX_HEADER || header_len > rest {
-            return Err(corrupt(format!(
-                "header claims {header_len} bytes, the file has {rest} after the prefix"
-            )));
-        }
-        let header = &bytes[PREFIX_LEN..PREFIX_LEN + header_len as usize];
-        if crc32c::crc32c(header) != header_crc {
-            return Err(corrupt("header checksum mismatch".into()));
-        }
-        let meta: CheckpointMeta = serde_json::from_slice(header)
-            .map_err(|e| corrupt(format!("header is not valid: {e}")))?;
-        let mut offset = PREFIX_LEN + header_len as usize;
+        let (meta, mut offset) = parse_header(bytes, bytes.len(), path)?;
         let mut sections = Vec::with_capacity(meta.sections.len().min(64));
         for s in &meta.sections {
             let left = (bytes.len() - offset) as u64;
@@ -236,6 +205,31 @@ impl Checkpoint {
             )));
         }
         Ok(Self { meta, sections })
+    }
+
+    /// The verified metadata of the checkpoint file at `path`, reading only its prefix and
+    /// header: what a caller needs to choose how to load it (its recipe, epoch, step), without
+    /// reading the model and optimizer sections. The sections are verified by [`Self::read`].
+    pub fn read_meta(path: &Path) -> Result<CheckpointMeta, CheckpointError> {
+        let io = |source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut f = File::open(path).map_err(io)?;
+        let total = f.metadata().map_err(io)?.len() as usize;
+        let mut head = vec![0u8; PREFIX_LEN.min(total)];
+        f.read_exact(&mut head).map_err(io)?;
+        // The header's length is in the prefix: read that much more when it is plausible
+        // (`parse_header` reports why otherwise).
+        if head.len() == PREFIX_LEN {
+            let header_len = header_len(&head);
+            if header_len <= MAX_HEADER && header_len <= (total - PREFIX_LEN) as u64 {
+                let mut header = vec![0u8; header_len as usize];
+                f.read_exact(&mut header).map_err(io)?;
+                head.extend_from_slice(&header);
+            }
+        }
+        parse_header(&head, total, path).map(|(meta, _)| meta)
     }
 
     /// True when the file at `path` starts with the checkpoint magic (it may still be damaged;
@@ -280,6 +274,59 @@ impl Checkpoint {
     pub fn write(&self, path: &Path) -> Result<(), CheckpointError> {
         write_atomic(path, &self.to_bytes())
     }
+}
+
+/// The header length a checkpoint prefix (at least [`PREFIX_LEN`] bytes) claims.
+fn header_len(prefix: &[u8]) -> u64 {
+    let mut len8 = [0u8; 8];
+    len8.copy_from_slice(&prefix[12..20]);
+    u64::from_le_bytes(len8)
+}
+
+/// Verifies the prefix and header at the start of `bytes` (a file of `total` bytes; `bytes`
+/// holds at least the prefix and header when they are valid) and returns the metadata and the
+/// offset where the sections start.
+fn parse_header(
+    bytes: &[u8],
+    total: usize,
+    path: &Path,
+) -> Result<(CheckpointMeta, usize), CheckpointError> {
+    let corrupt = |detail: String| CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    if total < PREFIX_LEN || bytes.len() < PREFIX_LEN {
+        return Err(corrupt(format!(
+            "{total} bytes is shorter than the {PREFIX_LEN}-byte header"
+        )));
+    }
+    if &bytes[..8] != MAGIC {
+        return Err(corrupt("not a quench checkpoint (bad magic)".into()));
+    }
+    let format = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if format != FORMAT {
+        return Err(corrupt(format!(
+            "format version {format}, this quench reads {FORMAT}"
+        )));
+    }
+    let header_len = header_len(bytes);
+    let header_crc = u32::from_le_bytes([bytes[20], bytes[21], bytes[22], bytes[23]]);
+    let rest = (total - PREFIX_LEN) as u64;
+    if header_len > MAX_HEADER || header_len > rest {
+        return Err(corrupt(format!(
+            "header claims {header_len} bytes, the file has {rest} after the prefix"
+        )));
+    }
+    let end = PREFIX_LEN + header_len as usize;
+    let header = bytes
+        .get(PREFIX_LEN..end)
+        .ok_or_else(|| corrupt("the header was not read whole".into()))?;
+    if crc32c::crc32c(header) != header_crc {
+        return Err(corrupt("header checksum mismatch".into()));
+    }
+    let meta: CheckpointMeta =
+        serde_json::from_slice(header).map_err(|e| corrupt(format!("header is not valid: {e}")))?;
+    Ok((meta, end))
 }
 
 /// Writes `bytes` to `path` so that `path` is either the old file or the complete new one:
@@ -526,6 +573,43 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(Checkpoint::from_bytes(&longer, Path::new("l")).is_err());
+    }
+
+    #[test]
+    fn read_meta_reads_the_header_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.qck");
+        let c = sample();
+        c.write(&path).unwrap();
+        let meta = Checkpoint::read_meta(&path).unwrap();
+        assert_eq!(
+            serde_json::to_string(&meta).unwrap(),
+            serde_json::to_string(&Checkpoint::read(&path).unwrap().meta).unwrap()
+        );
+        assert_eq!((meta.epoch, meta.global_step), (2, 940));
+        // Damaged sections: the header still reads (the full read catches them).
+        let bytes = c.to_bytes();
+        let header_end = bytes.len() - 256 - 1000;
+        let mut b = bytes.clone();
+        b[header_end + 5] ^= 1;
+        fs::write(&path, &b).unwrap();
+        assert_eq!(Checkpoint::read_meta(&path).unwrap().global_step, 940);
+        assert!(Checkpoint::read(&path).is_err());
+        // A flipped header byte, or a file cut anywhere before the header's end, does not.
+        for i in 0..header_end {
+            let mut b = bytes.clone();
+            b[i] ^= 0x10;
+            fs::write(&path, &b).unwrap();
+            assert!(
+                Checkpoint::read_meta(&path).is_err(),
+                "flip at {i} accepted"
+            );
+        }
+        for n in 0..header_end {
+            fs::write(&path, &bytes[..n]).unwrap();
+            let err = Checkpoint::read_meta(&path).unwrap_err().to_string();
+            assert!(err.contains("c.qck"), "len {n}: {err}");
+        }
     }
 
     #[test]

@@ -758,8 +758,9 @@ pub struct LmEvalReport {
 
 /// True when the checkpoint at `path` holds a language model.
 pub fn is_lm_checkpoint(path: &Path) -> Result<bool, TrainError> {
-    let ckpt = Checkpoint::read(path)?;
-    let exp = Experiment::from_toml_str(&ckpt.meta.experiment_toml, path, &[])?;
+    // The header alone: the caller reads (and verifies) the whole file next.
+    let meta = Checkpoint::read_meta(path)?;
+    let exp = Experiment::from_toml_str(&meta.experiment_toml, path, &[])?;
     Ok(exp.model.is_language_model())
 }
 
