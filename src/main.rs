@@ -199,12 +199,23 @@ fn main() -> ExitCode {
 /// 64-bit) and a 1 GiB trim threshold keep those blocks in the heap. Memory stays bounded by the
 /// step's peak (the `rss_mb_*` figures of `quench bench` stay flat over 10 000 steps); it is just
 /// not returned between steps.
+///
+/// A 64 MiB top pad: the step runs on a pool worker, whose allocations come from a per-thread
+/// arena made of 64 MiB sub-heaps, and glibc unmaps a sub-heap that becomes wholly free unless
+/// the pad it keeps is larger than a sub-heap (the trim threshold does not count there). Where a
+/// step's peak crossed a sub-heap boundary (which depends on how the process's earlier
+/// allocations fell), every step mapped a sub-heap again and faulted its pages in: up to 1.5
+/// million page faults in a 1 600-step `quench bench` run instead of 77 000, and QAT/ternary MLP
+/// steps 20–45 % slower than fp32's in those processes (docs/performance.md, item 31). The pad
+/// is address space, not memory: pages are only backed once touched. (One arena,
+/// `M_ARENA_MAX = 1`, also fixes it, with every thread then allocating under one lock.)
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `mallopt` only sets allocator parameters; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
 
